@@ -1,0 +1,1 @@
+"""Export: the engine contract, the TorchScript writer and the official-checkpoint import."""

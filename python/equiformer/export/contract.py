@@ -1,0 +1,155 @@
+"""The engine contract of an exported model (see docs/model-format.md).
+
+`EngineModel` wraps any *atom-energy model* (a module with ``atom_energies(species,
+edge_index, edge_vectors) -> Tensor[N] float64``) into the forward that every engine calls,
+and `save_engine_model` writes it with its metadata as TorchScript extra files.
+"""
+
+import json
+import os
+import tempfile
+from typing import Dict, List
+
+import torch
+
+FORMAT = "equiformer-model"
+FORMAT_VERSION = 1
+
+# metadata keys (one TorchScript extra file each)
+META_FORMAT = "format"
+META_FORMAT_VERSION = "format_version"
+META_PACKAGE_VERSION = "package_version"
+META_CUTOFF = "cutoff"
+META_NUM_LAYERS = "num_layers"
+META_INTERACTION_RANGE = "interaction_range"
+META_SPECIES_SYMBOLS = "species_symbols"
+META_ATOMIC_NUMBERS = "atomic_numbers"
+META_LENGTH_UNIT = "length_unit"
+META_ENERGY_UNIT = "energy_unit"
+META_DTYPE = "dtype"
+META_DEVICE = "device"
+META_ENERGY_OFFSET = "energy_offset"
+META_HYPERPARAMETERS = "hyperparameters"
+
+META_KEYS = (
+    META_FORMAT, META_FORMAT_VERSION, META_PACKAGE_VERSION, META_CUTOFF, META_NUM_LAYERS,
+    META_INTERACTION_RANGE, META_SPECIES_SYMBOLS, META_ATOMIC_NUMBERS, META_LENGTH_UNIT,
+    META_ENERGY_UNIT, META_DTYPE, META_DEVICE, META_ENERGY_OFFSET, META_HYPERPARAMETERS,
+)
+
+LENGTH_UNITS = ("Angstrom", "nm")
+ENERGY_UNITS = ("eV", "kcal/mol", "kJ/mol")
+
+
+def edge_gradients_to_outputs(
+    edge_index: torch.Tensor, edge_vectors: torch.Tensor, grad: torch.Tensor, num_atoms: int
+) -> Dict[str, torch.Tensor]:
+    """Forces, virial and per-atom virial (float64) from dE/d(edge vector)."""
+    grad = grad.to(torch.float64)
+    vec = edge_vectors.detach().to(torch.float64)
+    src, dst = edge_index[0], edge_index[1]
+    forces = torch.zeros((num_atoms, 3), dtype=torch.float64, device=grad.device)
+    # r_e = x_src - x_dst: dE/dx_src += g_e, dE/dx_dst -= g_e, and F = -dE/dx
+    forces.index_add_(0, src, -grad)
+    forces.index_add_(0, dst, grad)
+    edge_virial = -vec.unsqueeze(2) * grad.unsqueeze(1)  # [E, 3, 3]
+    atom_virial = torch.zeros((num_atoms, 3, 3), dtype=torch.float64, device=grad.device)
+    atom_virial.index_add_(0, src, 0.5 * edge_virial)
+    atom_virial.index_add_(0, dst, 0.5 * edge_virial)
+    return {
+        "forces": forces,
+        "virial": edge_virial.sum(0),
+        "atom_virial": atom_virial,
+    }
+
+
+class EngineModel(torch.nn.Module):
+    """Energy, forces and virials of local atoms from an atom-energy model."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
+    ) -> Dict[str, torch.Tensor]:
+        num_atoms = species.shape[0]
+        edge_vectors = edge_vectors.detach().requires_grad_(True)
+        atom_energies = self.model.atom_energies(species, edge_index, edge_vectors)
+        energy = atom_energies[:n_local].sum()
+        grads = torch.autograd.grad([energy], [edge_vectors], allow_unused=True)
+        grad = grads[0]
+        if grad is None:  # no edges, or no edge reaches a local atom
+            grad = torch.zeros_like(edge_vectors)
+        out = edge_gradients_to_outputs(edge_index, edge_vectors, grad, num_atoms)
+        out["energy"] = energy.detach()
+        out["atom_energies"] = atom_energies.detach()
+        return out
+
+
+def metadata_files(metadata: Dict[str, object]) -> Dict[str, str]:
+    """Encode metadata as the plain-text extra files of the format."""
+    files = {META_FORMAT: FORMAT, META_FORMAT_VERSION: str(FORMAT_VERSION)}
+    for key, value in metadata.items():
+        if key not in META_KEYS:
+            raise ValueError(f"unknown metadata key {key!r}; known keys: {', '.join(META_KEYS)}")
+        if isinstance(value, (list, tuple)):
+            text = " ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            text = json.dumps(value, sort_keys=True)
+        else:
+            text = str(value)
+        files[key] = text
+    missing = [k for k in META_KEYS if k not in files]
+    if missing:
+        raise ValueError(f"metadata is missing {', '.join(missing)}")
+    return files
+
+
+def save_engine_model(module: torch.jit.ScriptModule, path: str, metadata: Dict[str, object]) -> None:
+    """Write a scripted engine model atomically: an existing file is replaced only on success."""
+    files = metadata_files(metadata)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
+    tmpdir = tempfile.mkdtemp(prefix=".equiformer-export-", dir=directory)
+    tmp = os.path.join(tmpdir, os.path.basename(path))
+    try:
+        torch.jit.save(module, tmp, _extra_files=files)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        os.rmdir(tmpdir)
+
+
+def read_metadata(path: str) -> Dict[str, str]:
+    """Metadata of an exported file; raises a clear error for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file {path} does not exist")
+    raw: Dict[str, object] = {k: "" for k in META_KEYS}
+    try:
+        torch.jit.load(path, map_location="cpu", _extra_files=raw)
+    except Exception as exc:  # a checkpoint, a random file, a truncated file
+        raise ValueError(
+            f"{path} is not an exported Equiformer model (TorchScript load failed: {str(exc).splitlines()[0]}); "
+            "create one with `equiformer-export CHECKPOINT.pt MODEL.pt`"
+        ) from None
+    files = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
+    if files[META_FORMAT] != FORMAT:
+        raise ValueError(
+            f"{path} is a TorchScript file but not an exported Equiformer model (no '{META_FORMAT}' metadata); "
+            "create one with `equiformer-export CHECKPOINT.pt MODEL.pt`"
+        )
+    if files[META_FORMAT_VERSION] != str(FORMAT_VERSION):
+        raise ValueError(
+            f"{path} has model format version {files[META_FORMAT_VERSION]}, this package reads version "
+            f"{FORMAT_VERSION}; re-export it with this package's `equiformer-export`"
+        )
+    return files
+
+
+def species_list(files: Dict[str, str]) -> List[str]:
+    return files[META_SPECIES_SYMBOLS].split()
