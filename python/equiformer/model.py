@@ -1,0 +1,287 @@
+"""The Equiformer potential: builder, presets, and the energy -> forces / virial wrapper.
+
+Data path (paper Fig. 1): atom embedding + edge-degree embedding -> ``num_layers``
+transformer blocks (equivariant graph attention + feed-forward) -> norm and energy head ->
+per-atom energies, scaled and shifted by per-species reference energies. Forces and virials
+are derivatives of the energy with respect to the edge vectors.
+"""
+
+import copy
+import math
+from typing import Dict, List, Optional
+
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+from e3nn import o3
+
+from .data import keys
+from .nn.block import TransformerBlock
+from .nn.embedding import AtomEmbedding, EdgeDegreeEmbedding
+from .nn.irreps import blocks, check_sorted
+from .nn.radial import ExpNormalBasis, GaussianBasis, cosine_cutoff
+from .nn.readout import EnergyHead
+
+# Every hyperparameter, with the paper's MD17 L_max = 2 model as the default.
+DEFAULTS: Dict[str, object] = {
+    "species": None,  # chemical symbols; species index i <-> species[i]
+    "cutoff": 5.0,  # radial cutoff (length_unit)
+    "num_layers": 6,  # transformer blocks
+    "irreps_node": "128x0e+64x1e+32x2e",  # node features between blocks
+    "irreps_sh": "1x0e+1x1e+1x2e",  # edge spherical harmonics ('1e' labels: SE(3); '1o': E(3))
+    "irreps_feature": "512x0e",  # output of the last block
+    "irreps_head": "32x0e+16x1e+8x2e",  # one attention head
+    "num_heads": 4,
+    "irreps_mlp": "384x0e+192x1e+96x2e",  # feed-forward hidden irreps
+    "radial_basis": "exp",  # 'exp' (exp-normal), 'gaussian'
+    "num_basis": 32,
+    "radial_hidden": [64, 64],  # hidden widths of the radial networks
+    "nonlinear_message": True,  # gated message with a second depthwise TP (paper's best)
+    "rescale_degree": False,
+    "avg_degree": 15.57930850982666,  # normalises the edge-degree embedding sum
+    "avg_num_atoms": 18.03065905448718,  # normalises the per-atom energy output
+    "smooth_cutoff": True,  # envelope on attention and degree sums (False: official, discontinuous)
+    "energy_unit": "eV",
+    "length_unit": "Angstrom",
+}
+
+PRESETS: Dict[str, Dict[str, object]] = {
+    # the paper's MD17 models (official graph_attention_transformer_nonlinear_exp_l{2,3}_md17)
+    "md17-l2": {},
+    "md17-l3": {
+        "irreps_node": "128x0e+64x1e+64x2e+32x3e",
+        "irreps_sh": "1x0e+1x1e+1x2e+1x3e",
+        "irreps_head": "32x0e+16x1e+16x2e+8x3e",
+        "irreps_mlp": "384x0e+192x1e+192x2e+96x3e",
+    },
+    # a small model that trains in minutes to hours on a laptop CPU
+    "small": {
+        "num_layers": 2,
+        "irreps_node": "32x0e+16x1e+8x2e",
+        "irreps_feature": "64x0e",
+        "irreps_head": "16x0e+8x1e+4x2e",
+        "num_heads": 2,
+        "irreps_mlp": "64x0e+32x1e+16x2e",
+        "num_basis": 16,
+        "radial_hidden": [32, 32],
+    },
+    # smallest useful model, for tests
+    "tiny": {
+        "num_layers": 2,
+        "irreps_node": "8x0e+4x1e+2x2e",
+        "irreps_feature": "8x0e",
+        "irreps_head": "4x0e+2x1e+1x2e",
+        "num_heads": 2,
+        "irreps_mlp": "16x0e+8x1e+4x2e",
+        "num_basis": 8,
+        "radial_hidden": [8, 8],
+    },
+}
+MODEL_PRESETS = PRESETS
+
+
+def resolve_hparams(hparams: Dict[str, object]) -> Dict[str, object]:
+    """Defaults <- preset <- explicit values, validated."""
+    hparams = dict(hparams)
+    preset = hparams.pop("preset", None)
+    out = copy.deepcopy(DEFAULTS)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        out.update(copy.deepcopy(PRESETS[preset]))
+    unknown = sorted(set(hparams) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown model hyperparameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    out.update(hparams)
+    species = out["species"]
+    if not species:
+        raise ValueError("model hyperparameter 'species' is required: a list of chemical symbols, e.g. ['H', 'C', 'O']")
+    bad = [s for s in species if s not in atomic_numbers]
+    if bad:
+        raise ValueError(f"unknown chemical symbol(s) {bad} in 'species'")
+    if len(set(species)) != len(species):
+        raise ValueError(f"'species' lists a symbol twice: {species}")
+    if not float(out["cutoff"]) > 0:
+        raise ValueError(f"'cutoff' must be positive, got {out['cutoff']}")
+    if out["radial_basis"] not in ("exp", "gaussian"):
+        raise ValueError(f"'radial_basis' must be 'exp' or 'gaussian', got {out['radial_basis']!r}")
+    out["species"] = list(species)
+    out["cutoff"] = float(out["cutoff"])
+    out["radial_hidden"] = [int(c) for c in out["radial_hidden"]]
+    return out
+
+
+class Equiformer(torch.nn.Module):
+    """Equiformer energy model on a given graph (the graph is an input, never built here)."""
+
+    def __init__(self, hparams: Dict[str, object]):
+        super().__init__()
+        hp = resolve_hparams(hparams)
+        self.hparams = hp
+        self.species_symbols: List[str] = list(hp["species"])
+        self.cutoff = float(hp["cutoff"])
+        self.num_layers = int(hp["num_layers"])
+        self.smooth_cutoff = bool(hp["smooth_cutoff"])
+        irreps_node = blocks(hp["irreps_node"])
+        irreps_sh = blocks(hp["irreps_sh"])
+        irreps_feature = blocks(hp["irreps_feature"])
+        irreps_head = blocks(hp["irreps_head"])
+        irreps_mlp = blocks(hp["irreps_mlp"])
+        for name, bs in (("irreps_node", irreps_node), ("irreps_sh", irreps_sh), ("irreps_feature", irreps_feature),
+                         ("irreps_head", irreps_head), ("irreps_mlp", irreps_mlp)):
+            check_sorted(bs, name)
+        if [l for _, l, _ in irreps_sh] != list(range(len(irreps_sh))) or any(m != 1 for m, _, _ in irreps_sh):
+            raise ValueError(f"irreps_sh must be 1x0e+1x1?+...+1xL?, got {hp['irreps_sh']}")
+        num_basis = int(hp["num_basis"])
+        radial = [num_basis] + list(hp["radial_hidden"])
+
+        self.sh = o3.SphericalHarmonics(o3.Irreps(hp["irreps_sh"]), normalize=True, normalization="component")
+        if hp["radial_basis"] == "exp":
+            self.rbf = ExpNormalBasis(num_basis, self.cutoff)
+        else:
+            self.rbf = GaussianBasis(num_basis, self.cutoff)
+        self.atom_embed = AtomEmbedding(len(self.species_symbols), irreps_node)
+        self.edge_deg_embed = EdgeDegreeEmbedding(irreps_node, irreps_sh, radial, float(hp["avg_degree"]))
+        self.blocks = torch.nn.ModuleList([
+            TransformerBlock(irreps_node, irreps_sh, irreps_node if k < self.num_layers - 1 else irreps_feature,
+                             irreps_head, int(hp["num_heads"]), irreps_mlp, radial, bool(hp["nonlinear_message"]),
+                             bool(hp["rescale_degree"]))
+            for k in range(self.num_layers)
+        ])
+        self.head = EnergyHead(irreps_feature)
+        self.inv_sqrt_num_atoms = 1.0 / math.sqrt(float(hp["avg_num_atoms"]))
+        # physical scale: e_i = out_i * energy_scale / sqrt(avg_num_atoms) + atom_ref[species_i]
+        self.register_buffer("energy_scale", torch.ones((), dtype=torch.float64))
+        self.register_buffer("atom_ref", torch.zeros(len(self.species_symbols), dtype=torch.float64))
+        # per-structure constant (official MD17 imports); engines add it once per system
+        self.register_buffer("energy_offset", torch.zeros((), dtype=torch.float64))
+
+    _FLOAT64_BUFFERS = ("energy_scale", "atom_ref", "energy_offset")
+
+    def _apply(self, fn, recurse=True):
+        # energies are summed in float64 whatever the network dtype: keep these buffers float64
+        keep = {name: self._buffers[name] for name in self._FLOAT64_BUFFERS}
+        super()._apply(fn, recurse)
+        for name, old in keep.items():
+            self._buffers[name] = old.to(device=self._buffers[name].device, dtype=torch.float64)
+        return self
+
+    # ---------------------------------------------------------------- normalisation
+    @torch.jit.unused
+    def set_energy_normalization(self, atom_ref: torch.Tensor, scale: float, offset: float = 0.0) -> None:
+        atom_ref = torch.as_tensor(atom_ref, dtype=torch.float64)
+        if atom_ref.shape != self.atom_ref.shape:
+            raise ValueError(f"atom_ref needs one value per species ({len(self.species_symbols)}), got {tuple(atom_ref.shape)}")
+        self.atom_ref.copy_(atom_ref)
+        self.energy_scale.fill_(float(scale))
+        self.energy_offset.fill_(float(offset))
+
+    @property
+    @torch.jit.unused
+    def atomic_numbers(self) -> List[int]:
+        return [atomic_numbers[s] for s in self.species_symbols]
+
+    # ---------------------------------------------------------------- layer by layer
+    def edge_features(self, edge_vectors: torch.Tensor):
+        """Harmonics, radial basis and the cutoff weight (envelope or 0/1 mask) of each edge."""
+        r = torch.linalg.vector_norm(edge_vectors, dim=1)
+        sh = self.sh(edge_vectors)
+        basis = self.rbf(r)
+        if self.smooth_cutoff:
+            weight = cosine_cutoff(r, self.cutoff)
+        else:
+            weight = (r < self.cutoff).to(edge_vectors.dtype)
+        return sh, basis, weight
+
+    @torch.jit.export
+    def embed(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        sh, basis, weight = self.edge_features(edge_vectors)
+        x = self.atom_embed(species)
+        return x + self.edge_deg_embed(species.shape[0], edge_index[1], sh, basis, weight)
+
+    @torch.jit.export
+    def block(self, k: int, x: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        sh, basis, weight = self.edge_features(edge_vectors)
+        for i, blk in enumerate(self.blocks):
+            if i == k:
+                return blk(x, edge_index[0], edge_index[1], sh, basis, weight)
+        raise IndexError("block index out of range")
+
+    @torch.jit.export
+    def readout(self, species: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(x).to(torch.float64)
+        return out * (self.energy_scale * self.inv_sqrt_num_atoms) + self.atom_ref[species]
+
+    # ---------------------------------------------------------------- whole model
+    @torch.jit.export
+    def atom_energies(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies [N] in float64 (without the per-structure `energy_offset`)."""
+        edge_vectors = edge_vectors.to(self.energy_dtype())
+        src, dst = edge_index[0], edge_index[1]
+        sh, basis, weight = self.edge_features(edge_vectors)
+        x = self.atom_embed(species) + self.edge_deg_embed(species.shape[0], dst, sh, basis, weight)
+        for blk in self.blocks:
+            x = blk(x, src, dst, sh, basis, weight)
+        return self.readout(species, x)
+
+    def energy_dtype(self) -> torch.dtype:
+        return self.atom_embed.weight.dtype
+
+    @torch.jit.unused
+    def forward(self, graph: Dict[str, torch.Tensor], compute_forces: bool = True, compute_stress: bool = False,
+                create_graph: bool = False) -> Dict[str, torch.Tensor]:
+        """Energies (and forces, virial, stress) of a batch of structures; float64 outputs."""
+        pos = graph[keys.POSITIONS]
+        species = graph[keys.SPECIES]
+        edge_index = graph[keys.EDGE_INDEX]
+        batch = graph.get(keys.BATCH)
+        if batch is None:
+            batch = torch.zeros_like(species)
+        num_structures = int(graph[keys.NUM_ATOMS].shape[0]) if keys.NUM_ATOMS in graph else 1
+        dtype = self.energy_dtype()
+        vec = pos.to(dtype)[edge_index[0]] - pos.to(dtype)[edge_index[1]]
+        if keys.SHIFTS in graph:
+            vec = vec + graph[keys.SHIFTS].to(dtype)
+        need_grad = compute_forces or compute_stress
+        with torch.enable_grad():
+            if need_grad:
+                # derivatives with respect to edge vectors give forces and virial in one pass
+                vec = vec.detach().requires_grad_(True)
+            e_atoms = self.atom_energies(species, edge_index, vec)
+            energy = torch.zeros(num_structures, dtype=torch.float64, device=e_atoms.device).index_add(0, batch, e_atoms)
+            out = {keys.ENERGY: energy + self.energy_offset, keys.ATOM_ENERGIES: e_atoms}
+            if need_grad:
+                if vec.shape[0] > 0:
+                    (g,) = torch.autograd.grad(energy.sum(), vec, create_graph=create_graph, allow_unused=True)
+                else:
+                    g = None
+                if g is None:
+                    g = torch.zeros_like(vec)
+                g = g.to(torch.float64)
+                if compute_forces:
+                    forces = torch.zeros((species.shape[0], 3), dtype=torch.float64, device=g.device)
+                    forces = forces.index_add(0, edge_index[0], -g).index_add(0, edge_index[1], g)
+                    out[keys.FORCES] = forces
+                if compute_stress:
+                    edge_virial = -vec.to(torch.float64).unsqueeze(2) * g.unsqueeze(1)
+                    edge_batch = batch[edge_index[1]]
+                    virial = torch.zeros((num_structures, 3, 3), dtype=torch.float64, device=g.device)
+                    virial = virial.index_add(0, edge_batch, edge_virial)
+                    out[keys.VIRIAL] = virial
+                    cell = graph[keys.CELL].to(torch.float64).reshape(-1, 3, 3)
+                    volume = torch.linalg.det(cell).abs()
+                    # stress is undefined without a cell: NaN rather than a made-up number
+                    volume = torch.where(volume > 0, volume, torch.full_like(volume, float("nan")))
+                    out[keys.STRESS] = -virial / volume.view(-1, 1, 1)
+        return out
+
+
+def build_model(hparams: Dict[str, object], dtype: Optional[torch.dtype] = None) -> Equiformer:
+    """An Equiformer from hyperparameters (see `DEFAULTS`; ``{"preset": name, ...}`` allowed)."""
+    model = Equiformer(hparams)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model
+
+
+def symbols_of(numbers) -> List[str]:
+    return [chemical_symbols[int(z)] for z in numbers]

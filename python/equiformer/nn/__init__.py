@@ -1,0 +1,1 @@
+"""Equiformer building blocks, one module per block of the paper."""

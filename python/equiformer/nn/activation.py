@@ -1,0 +1,61 @@
+"""Activations normalised to unit second moment (e3nn's normalize2mom constants, identical in
+e3nn 0.4.4 and 0.6.0) and the equivariant gate."""
+
+from typing import List, Sequence
+
+import torch
+
+from .irreps import Block, dim
+
+SILU_NORM = 1.6791767923989418
+SIGMOID_NORM = 1.8467055342154763
+SMOOTH_LEAKY_RELU_NORM = 1.531320475574866
+
+
+class ScaledSiLU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = SILU_NORM
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(x) * self.norm
+
+
+class SmoothLeakyReLU(torch.nn.Module):
+    """((1+a)/2) x + ((1-a)/2) x (2 sigmoid(x) - 1), normalised; a = 0.2."""
+
+    def __init__(self, negative_slope: float = 0.2):
+        super().__init__()
+        self.a = negative_slope
+        self.norm = SMOOTH_LEAKY_RELU_NORM
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = 0.5 * (1 + self.a) * x + 0.5 * (1 - self.a) * x * (2 * torch.sigmoid(x) - 1)
+        return y * self.norm
+
+
+class Gate(torch.nn.Module):
+    """[scalars | gates | gated] -> [SiLU(scalars) | gated * sigmoid(gates)]."""
+
+    def __init__(self, scalars: Sequence[Block], gates: Sequence[Block], gated: Sequence[Block]):
+        super().__init__()
+        self.silu_norm = SILU_NORM
+        self.sigmoid_norm = SIGMOID_NORM
+        self.num_scalars = dim(scalars)
+        self.num_gates = dim(gates)
+        index: List[int] = []
+        g = 0
+        for mul, l, _ in gated:
+            for _ in range(mul):
+                index.extend([g] * (2 * l + 1))
+                g += 1
+        self.register_buffer("gate_index", torch.tensor(index, dtype=torch.long), persistent=False)
+        self.irreps_out = list(scalars) + list(gated)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scalars = torch.nn.functional.silu(x[:, : self.num_scalars]) * self.silu_norm
+        if self.num_gates == 0:
+            return scalars
+        gates = torch.sigmoid(x[:, self.num_scalars: self.num_scalars + self.num_gates]) * self.sigmoid_norm
+        gated = x[:, self.num_scalars + self.num_gates:] * gates.index_select(1, self.gate_index)
+        return torch.cat([scalars, gated], dim=1)

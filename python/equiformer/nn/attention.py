@@ -1,0 +1,120 @@
+"""Equivariant graph attention (paper Sec. 3.3; official ``GraphAttention``)."""
+
+from typing import Final, List, Sequence, Tuple
+
+import torch
+
+from .activation import Gate, SmoothLeakyReLU
+from .irreps import Block, dim, gate_split, num_scalars, simplify, sort_even_first
+from .linear import IrrepsLinear
+from .radial import RadialProfile
+from .segment import segment_sum, weighted_softmax
+from .tensor_product import DepthwiseTensorProduct
+
+
+def heads_layout(irreps_head: Sequence[Block], num_heads: int) -> List[Tuple[int, int]]:
+    """(start, width per head) of each irrep block of the all-heads vector.
+
+    The all-heads vector is irrep-major: for each block of ``irreps_head`` (mul, l), all
+    heads' channels follow each other, head h owning a contiguous chunk of mul*(2l+1).
+    """
+    layout: List[Tuple[int, int]] = []
+    start = 0
+    for mul, l, _ in irreps_head:
+        width = mul * (2 * l + 1)
+        layout.append((start, width))
+        start += width * num_heads
+    return layout
+
+
+def vec_to_heads(x: torch.Tensor, layout: List[Tuple[int, int]], num_heads: int) -> torch.Tensor:
+    n = x.shape[0]
+    parts = [x[:, s: s + w * num_heads].reshape(n, num_heads, w) for s, w in layout]
+    return torch.cat(parts, dim=2)
+
+
+def heads_to_vec(x: torch.Tensor, layout: List[Tuple[int, int]], num_heads: int) -> torch.Tensor:
+    n = x.shape[0]
+    parts: List[torch.Tensor] = []
+    offset = 0
+    for _, w in layout:
+        parts.append(x[:, :, offset: offset + w].reshape(n, num_heads * w))
+        offset += w
+    return torch.cat(parts, dim=1)
+
+
+class SeparableTP(torch.nn.Module):
+    """Depthwise TP with the edge harmonics, then a linear layer and optionally a gate
+    (official ``SeparableFCTP`` without norm)."""
+
+    def __init__(self, irreps_in: Sequence[Block], irreps_sh: Sequence[Block], irreps_out: Sequence[Block],
+                 radial_channels: List[int], activation: bool):
+        super().__init__()
+        internal = len(radial_channels) == 0
+        self.dtp = DepthwiseTensorProduct(irreps_in, irreps_sh, irreps_out, internal_weights=internal)
+        self.has_radial = not internal
+        if self.has_radial:
+            self.dtp_rad = RadialProfile(radial_channels + [self.dtp.weight_numel])
+        scalars, gates, gated = gate_split(irreps_out)
+        lin_out = simplify(scalars + gates + gated) if activation else list(irreps_out)
+        self.lin = IrrepsLinear(simplify(self.dtp.irreps_out), lin_out)
+        self.has_gate = activation
+        self.gate = Gate(scalars, gates, gated) if activation else torch.nn.Identity()
+
+
+class GraphAttention(torch.nn.Module):
+    """MLP attention over edges; non-linear (gated, second TP) or linear messages."""
+
+    nonlinear_message: Final[bool]
+
+    def __init__(self, irreps_node: Sequence[Block], irreps_sh: Sequence[Block], irreps_out: Sequence[Block],
+                 irreps_head: Sequence[Block], num_heads: int, radial_channels: List[int],
+                 nonlinear_message: bool, rescale_degree: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.nonlinear_message = nonlinear_message
+        self.rescale_degree = rescale_degree
+        heads_all = simplify(sort_even_first([(m, l, p) for _ in range(num_heads) for m, l, p in irreps_head])[0])
+        mul_alpha = num_scalars(heads_all)
+        self.mul_alpha_head = mul_alpha // num_heads
+        self.merge_src = IrrepsLinear(irreps_node, irreps_node, bias=True)
+        self.merge_dst = IrrepsLinear(irreps_node, irreps_node, bias=False)
+        alpha_irreps = [(mul_alpha, 0, 1)]
+        if nonlinear_message:
+            self.sep_act = SeparableTP(irreps_node, irreps_sh, irreps_node, radial_channels, activation=True)
+            self.sep_alpha = IrrepsLinear(simplify(self.sep_act.dtp.irreps_out), alpha_irreps)
+            self.sep_value = SeparableTP(irreps_node, irreps_sh, heads_all, [], activation=False)
+            self.alpha_layout = heads_layout([(self.mul_alpha_head, 0, 1)], num_heads)
+            self.value_layout = heads_layout(irreps_head, num_heads)
+        else:
+            self.sep = SeparableTP(irreps_node, irreps_sh, simplify(alpha_irreps + heads_all), radial_channels,
+                                   activation=False)
+            self.message_layout = heads_layout(simplify([(self.mul_alpha_head, 0, 1)] + list(irreps_head)), num_heads)
+        self.value_out_layout = heads_layout(irreps_head, num_heads)
+        self.alpha_act = SmoothLeakyReLU(0.2)
+        self.alpha_dot = torch.nn.Parameter(torch.empty(1, num_heads, self.mul_alpha_head))
+        torch.nn.init.xavier_uniform_(self.alpha_dot.view(num_heads, self.mul_alpha_head))
+        self.proj = IrrepsLinear(heads_all, irreps_out, bias=True)
+
+    def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
+                edge_basis: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        message = self.merge_src(x)[edge_src] + self.merge_dst(x)[edge_dst]
+        if self.nonlinear_message:
+            message = self.sep_act.dtp(message, edge_sh, self.sep_act.dtp_rad(edge_basis))
+            alpha = vec_to_heads(self.sep_alpha(message), self.alpha_layout, self.num_heads)
+            value = self.sep_act.gate(self.sep_act.lin(message))
+            value = self.sep_value.lin(self.sep_value.dtp(value, edge_sh, None))
+            value = vec_to_heads(value, self.value_layout, self.num_heads)
+        else:
+            message = self.sep.lin(self.sep.dtp(message, edge_sh, self.sep.dtp_rad(edge_basis)))
+            message = vec_to_heads(message, self.message_layout, self.num_heads)
+            alpha = message[:, :, : self.mul_alpha_head]
+            value = message[:, :, self.mul_alpha_head:]
+        logits = (self.alpha_act(alpha) * self.alpha_dot).sum(-1)  # [E, heads]
+        attn = weighted_softmax(logits, edge_weight, edge_dst, n)
+        out = segment_sum(value * attn.unsqueeze(-1), edge_dst, n)
+        out = heads_to_vec(out, self.value_out_layout, self.num_heads)
+        if self.rescale_degree:
+            out = out * segment_sum(edge_weight, edge_dst, n).unsqueeze(1)
+        return self.proj(out)

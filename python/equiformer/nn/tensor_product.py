@@ -1,0 +1,102 @@
+"""Depthwise tensor product of node features with edge spherical harmonics (official
+``DepthwiseTensorProduct``): every (input block, harmonic degree, output irrep) path keeps the
+input's channels ('uvu') and writes its own output block; output blocks are sorted by l with
+even parity first. Per-edge weights (from a radial network) or shared internal weights.
+"""
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .irreps import Block, dim, sort_even_first
+from .w3j import wigner_3j
+
+
+def depthwise_paths(irreps_in: Sequence[Block], irreps_sh: Sequence[Block], irreps_filter: Sequence[Block]):
+    """Paths in the official instruction order: (i_in, i_sh, (l_out, p_out))."""
+    allowed = {(l, p) for _, l, p in irreps_filter}
+    paths = []
+    for i, (mul, l1, p1) in enumerate(irreps_in):
+        for j, (_, l2, p2) in enumerate(irreps_sh):
+            for l3 in range(abs(l1 - l2), l1 + l2 + 1):
+                p3 = p1 * p2
+                if (l3, p3) in allowed or (l3, p3) == (0, 1):
+                    paths.append((i, j, (l3, p3)))
+    return paths
+
+
+class DepthwiseTensorProduct(torch.nn.Module):
+    def __init__(self, irreps_in: Sequence[Block], irreps_sh: Sequence[Block], irreps_filter: Sequence[Block],
+                 internal_weights: bool):
+        super().__init__()
+        paths = depthwise_paths(irreps_in, irreps_sh, irreps_filter)
+        out_unsorted = [(irreps_in[i][0], l3, p3) for i, _, (l3, p3) in paths]
+        self.irreps_out, position = sort_even_first(out_unsorted)
+        self.dim_out = dim(self.irreps_out)
+        in_starts = [0]
+        for mul, l, _ in irreps_in:
+            in_starts.append(in_starts[-1] + mul * (2 * l + 1))
+        sh_starts = [0]
+        for mul, l, _ in irreps_sh:
+            sh_starts.append(sh_starts[-1] + mul * (2 * l + 1))
+        self.triples: List[Tuple[int, int, int]] = []
+        cg: List[torch.Tensor] = []
+        cg_start = 0
+        w_start = 0
+        # in_start, mul, d1, sh_start, d2, d3, cg_start, w_start, output position
+        instructions: List[Tuple[int, int, int, int, int, int, int, int, int]] = []
+        for k, (i, j, (l3, _)) in enumerate(paths):
+            mul, l1, _ = irreps_in[i]
+            l2 = irreps_sh[j][1]
+            d1, d2, d3 = 2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1
+            # e3nn 'component' normalisation, no path normalisation: sqrt(2 l_out + 1) * 3j
+            cg.append((math.sqrt(d3) * wigner_3j(l1, l2, l3)).reshape(-1))
+            self.triples.append((l1, l2, l3))
+            instructions.append((in_starts[i], mul, d1, sh_starts[j], d2, d3, cg_start, w_start, position[k]))
+            cg_start += d1 * d2 * d3
+            w_start += mul
+        self.instructions = instructions
+        self.num_paths = len(instructions)
+        self.weight_numel = w_start
+        # coupling coefficients, kept in float64 whatever the model dtype (see _apply)
+        self.register_buffer("cg", torch.cat(cg) if cg else torch.zeros(0, dtype=torch.float64))
+        self.internal_weights = internal_weights
+        self.weight = torch.nn.Parameter(torch.randn(w_start) if internal_weights else torch.zeros(0))
+
+    def _apply(self, fn, recurse=True):
+        keep = self.cg
+        super()._apply(fn, recurse)
+        self.cg = keep.to(device=self.cg.device, dtype=torch.float64)
+        return self
+
+    @torch.jit.unused
+    def coefficients(self, w3j: Dict[Tuple[int, int, int], torch.Tensor]) -> torch.Tensor:
+        """The `cg` buffer built from given 3j symbols (those absent: this package's own)."""
+        parts = []
+        for (l1, l2, l3) in self.triples:
+            c = w3j.get((l1, l2, l3))
+            c = wigner_3j(l1, l2, l3) if c is None else c.to(torch.float64)
+            parts.append((math.sqrt(2 * l3 + 1) * c).reshape(-1))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor, sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        e = x.shape[0]
+        if weight is None:
+            w_all = self.weight.unsqueeze(0)
+        else:
+            w_all = weight
+        results: List[torch.Tensor] = [x] * self.num_paths
+        for in_start, mul, d1, sh_start, d2, d3, cg_start, w_start, pos in self.instructions:
+            c = self.cg[cg_start: cg_start + d1 * d2 * d3].view(d1, d2, d3).to(x.dtype)
+            y = sh[:, sh_start: sh_start + d2]
+            x1 = x[:, in_start: in_start + mul * d1].reshape(e, mul, d1)
+            if d1 == 1:
+                t = (y @ c.view(d2, d3)).unsqueeze(1)  # [E, 1, d3]
+                out = x1 * t
+            else:
+                t = torch.einsum("ej,ijk->eik", y, c)  # [E, d1, d3]
+                out = torch.bmm(x1, t)
+            out = out * w_all[:, w_start: w_start + mul].unsqueeze(-1)
+            results[pos] = out.reshape(e, mul * d3)
+        return torch.cat(results, dim=1)
