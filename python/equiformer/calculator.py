@@ -1,0 +1,82 @@
+"""ASE calculator on an exported model (or a checkpoint): the reference that the LAMMPS and
+OpenMM integrations are compared against. Speaks ASE's units (eV, Angstrom) whatever the
+model's own units are."""
+
+from typing import Optional
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .data.atoms import species_indices
+from .data.neighbors import neighbor_list
+from .export.contract import read_metadata
+from .units import energy_factor, length_factor
+
+
+class EquiformerCalculator(Calculator):
+    """``EquiformerCalculator(model="MODEL.pt")`` or ``EquiformerCalculator(checkpoint="CKPT.pt")``.
+
+    Properties: energy, free_energy, energies (per atom), forces, stress (periodic cells).
+    A per-structure ``energy_offset`` (official MD17 imports) is added to the energy and
+    spread evenly over the per-atom energies.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, model: Optional[str] = None, checkpoint: Optional[str] = None, device: str = "cpu", **kwargs):
+        super().__init__(**kwargs)
+        if (model is None) == (checkpoint is None):
+            raise ValueError("give exactly one of model='MODEL.pt' (exported) or checkpoint='CKPT.pt'")
+        self.device = torch.device(device)
+        if model is not None:
+            meta = read_metadata(model)
+            self.engine = torch.jit.load(model, map_location=self.device)
+            self.species = meta["species_symbols"].split()
+            self.cutoff = float(meta["cutoff"])
+            self.dtype = getattr(torch, meta["dtype"])
+            self.energy_offset = float(meta["energy_offset"])
+            units = (meta["energy_unit"], meta["length_unit"])
+        else:
+            from .export.torchscript import EquiformerEngineModel
+            from .train.checkpoint import model_from_checkpoint
+
+            eager = model_from_checkpoint(checkpoint, device=self.device)
+            self.engine = EquiformerEngineModel(eager)
+            self.species = list(eager.species_symbols)
+            self.cutoff = eager.cutoff
+            self.dtype = eager.energy_dtype()
+            self.energy_offset = float(eager.energy_offset)
+            units = (eager.hparams["energy_unit"], eager.hparams["length_unit"])
+        self.to_ev = energy_factor(units[0], "eV")
+        self.to_model_length = length_factor("Angstrom", units[1])
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        n = len(atoms)
+        if n == 0:
+            raise ValueError("cannot evaluate an empty structure (no atoms)")
+        species = torch.from_numpy(species_indices(atoms.get_chemical_symbols(), self.species, "the calculator's atoms"))
+        pos = atoms.get_positions() * self.to_model_length
+        cell = atoms.get_cell().array * self.to_model_length
+        pbc = atoms.get_pbc()
+        edge_index, shifts, _ = neighbor_list(pos, self.cutoff, cell if pbc.any() else None, pbc)
+        vectors = pos[edge_index[0]] - pos[edge_index[1]] + shifts
+        out = self.engine(species.to(self.device), torch.from_numpy(edge_index).to(self.device),
+                          torch.tensor(vectors, dtype=self.dtype, device=self.device), n)
+        e_unit, l_unit = self.to_ev, self.to_ev * self.to_model_length  # energy, energy/length conversions
+        energy = (float(out["energy"]) + self.energy_offset) * e_unit
+        energies = (out["atom_energies"].cpu().numpy() + self.energy_offset / n) * e_unit
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": energies,
+            "forces": out["forces"].cpu().numpy() * l_unit,
+        }
+        if pbc.all():
+            virial = out["virial"].cpu().numpy() * e_unit
+            stress = -virial / atoms.get_volume()
+            self.results["stress"] = stress.reshape(9)[[0, 4, 8, 5, 2, 1]]
+        elif "stress" in properties:
+            raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
