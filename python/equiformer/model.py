@@ -18,7 +18,7 @@ from .data import keys
 from .nn.block import TransformerBlock
 from .nn.embedding import AtomEmbedding, EdgeDegreeEmbedding
 from .nn.irreps import blocks, check_sorted
-from .nn.radial import ExpNormalBasis, GaussianBasis, cosine_cutoff
+from .nn.radial import BesselBasis, ExpNormalBasis, GaussianBasis, cosine_cutoff
 from .nn.readout import EnergyHead
 
 # Every hyperparameter, with the paper's MD17 L_max = 2 model as the default.
@@ -32,7 +32,7 @@ DEFAULTS: Dict[str, object] = {
     "irreps_head": "32x0e+16x1e+8x2e",  # one attention head
     "num_heads": 4,
     "irreps_mlp": "384x0e+192x1e+96x2e",  # feed-forward hidden irreps
-    "radial_basis": "exp",  # 'exp' (exp-normal), 'gaussian'
+    "radial_basis": "exp",  # 'exp' (exp-normal), 'gaussian', 'bessel'
     "num_basis": 32,
     "radial_hidden": [64, 64],  # hidden widths of the radial networks
     "nonlinear_message": True,  # gated message with a second depthwise TP (paper's best)
@@ -102,8 +102,8 @@ def resolve_hparams(hparams: Dict[str, object]) -> Dict[str, object]:
         raise ValueError(f"'species' lists a symbol twice: {species}")
     if not float(out["cutoff"]) > 0:
         raise ValueError(f"'cutoff' must be positive, got {out['cutoff']}")
-    if out["radial_basis"] not in ("exp", "gaussian"):
-        raise ValueError(f"'radial_basis' must be 'exp' or 'gaussian', got {out['radial_basis']!r}")
+    if out["radial_basis"] not in ("exp", "gaussian", "bessel"):
+        raise ValueError(f"'radial_basis' must be 'exp', 'gaussian' or 'bessel', got {out['radial_basis']!r}")
     out["species"] = list(species)
     out["cutoff"] = float(out["cutoff"])
     out["radial_hidden"] = [int(c) for c in out["radial_hidden"]]
@@ -137,8 +137,10 @@ class Equiformer(torch.nn.Module):
         self.sh = o3.SphericalHarmonics(o3.Irreps(hp["irreps_sh"]), normalize=True, normalization="component")
         if hp["radial_basis"] == "exp":
             self.rbf = ExpNormalBasis(num_basis, self.cutoff)
-        else:
+        elif hp["radial_basis"] == "gaussian":
             self.rbf = GaussianBasis(num_basis, self.cutoff)
+        else:
+            self.rbf = BesselBasis(num_basis, self.cutoff)
         self.atom_embed = AtomEmbedding(len(self.species_symbols), irreps_node)
         self.edge_deg_embed = EdgeDegreeEmbedding(irreps_node, irreps_sh, radial, float(hp["avg_degree"]))
         self.blocks = torch.nn.ModuleList([

@@ -26,6 +26,15 @@ _L2 = {
     "irreps_node": "128x0e+64x1e+32x2e", "irreps_sh": "1x0e+1x1e+1x2e", "irreps_head": "32x0e+16x1e+8x2e",
     "irreps_mlp": "384x0e+192x1e+96x2e",
 }
+_L2E3 = {
+    "irreps_node": "128x0e+32x0o+32x1e+32x1o+16x2e+16x2o", "irreps_sh": "1x0e+1x1o+1x2e",
+    "irreps_head": "32x0e+8x0o+8x1e+8x1o+4x2e+4x2o", "irreps_mlp": "384x0e+96x0o+96x1e+96x1o+48x2e+48x2o",
+}
+_L3E3 = {
+    "irreps_node": "128x0e+64x0o+32x1e+32x1o+32x2e+32x2o+16x3e+16x3o", "irreps_sh": "1x0e+1x1o+1x2e+1x3o",
+    "irreps_head": "32x0e+16x0o+8x1e+8x1o+8x2e+8x2o+4x3e+4x3o",
+    "irreps_mlp": "384x0e+192x0o+96x1e+96x1o+96x2e+96x2o+48x3e+48x3o",
+}
 _L3 = {
     "irreps_node": "128x0e+64x1e+64x2e+32x3e", "irreps_sh": "1x0e+1x1e+1x2e+1x3e",
     "irreps_head": "32x0e+16x1e+16x2e+8x3e", "irreps_mlp": "384x0e+192x1e+192x2e+96x3e",
@@ -36,6 +45,11 @@ OFFICIAL_MODELS: Dict[str, Dict[str, object]] = {
     "graph_attention_transformer_nonlinear_exp_l2_md17": {**_L2, "radial_basis": "exp"},
     "graph_attention_transformer_nonlinear_exp_l3_md17": {**_L3, "radial_basis": "exp"},
     "graph_attention_transformer_nonlinear_l2_md17": {**_L2, "radial_basis": "gaussian"},
+    "graph_attention_transformer_nonlinear_l2_e3_md17": {**_L2E3, "radial_basis": "gaussian"},
+    "graph_attention_transformer_nonlinear_bessel_l2_md17": {**_L2, "radial_basis": "bessel"},
+    "graph_attention_transformer_nonlinear_exp_l3_e3_md17": {**_L3E3, "radial_basis": "exp"},
+    "graph_attention_transformer_nonlinear_bessel_l3_md17": {**_L3, "radial_basis": "bessel"},
+    "graph_attention_transformer_nonlinear_bessel_l3_e3_md17": {**_L3E3, "radial_basis": "bessel"},
     "graph_attention_transformer_l2_md17": {**_L2, "radial_basis": "gaussian", "nonlinear_message": False},
 }
 
@@ -173,7 +187,10 @@ def map_state_dict(official: Dict[str, torch.Tensor], model: Equiformer) -> Dict
         m.out["atom_embed.weight"] = emb.view(MAX_ATOM_TYPE, n0)[z]
         m.copy("atom_embed.bias", "atom_embed.atom_type_lin.bias.0")
         m.used.add("atom_embed.atom_type_lin.tp.output_mask")
-        m.radial("rbf", "rbf")
+        if hp["radial_basis"] == "bessel":
+            m.copy("rbf.frequencies", "rbf.rbf.frequencies")
+        else:
+            m.radial("rbf", "rbf")
         ede = model.edge_deg_embed
         m.linear("edge_deg_embed.exp", "edge_deg_embed.exp", [(1, 0, 1)], node)
         m.depthwise("edge_deg_embed.dw", "edge_deg_embed.dw", internal=False)

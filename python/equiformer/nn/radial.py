@@ -46,6 +46,24 @@ class GaussianBasis(torch.nn.Module):
         return torch.exp(-0.5 * ((x - self.mean) / std) ** 2) / (math.sqrt(2.0 * 3.14159) * std)
 
 
+class BesselBasis(torch.nn.Module):
+    """sqrt(2/rc^3) sin(f_n r/rc) / (r/rc) with trainable frequencies (init n pi), times the
+    polynomial envelope 1 - 21 u^5 + 35 u^6 - 15 u^7 (u = r/rc; exponent 5), as ocpmodels'
+    spherical-Bessel radial basis used by the official *_bessel_* models."""
+
+    def __init__(self, num_basis: int, cutoff: float):
+        super().__init__()
+        self.cutoff = cutoff
+        self.norm = math.sqrt(2.0 / cutoff ** 3)
+        self.frequencies = torch.nn.Parameter(math.pi * torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()))
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        u = (r * (1.0 / self.cutoff)).unsqueeze(-1)
+        envelope = 1.0 - 21.0 * u ** 5 + 35.0 * u ** 6 - 15.0 * u ** 7
+        envelope = torch.where(u < 1.0, envelope, torch.zeros_like(u))
+        return envelope * self.norm * torch.sin(self.frequencies * u) / u
+
+
 class RadialProfile(torch.nn.Module):
     """Linear -> LayerNorm -> SiLU (repeated) -> Linear without bias, plus a learned offset."""
 
