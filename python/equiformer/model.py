@@ -35,7 +35,9 @@ DEFAULTS: Dict[str, object] = {
     "radial_basis": "exp",  # 'exp' (exp-normal), 'gaussian', 'bessel'
     "num_basis": 32,
     "radial_hidden": [64, 64],  # hidden widths of the radial networks
-    "nonlinear_message": True,  # gated message with a second depthwise TP (paper's best)
+    "attention": "mlp",  # 'mlp' (paper's MLP attention) or 'dot_product'
+    "nonlinear_message": True,  # MLP attention: gated message with a second depthwise TP (paper's best)
+    "attention_head": False,  # output head: graph attention (True) instead of an MLP
     "rescale_degree": False,
     "avg_degree": 15.57930850982666,  # normalises the edge-degree embedding sum
     "avg_num_atoms": 18.03065905448718,  # normalises the per-atom energy output
@@ -104,6 +106,8 @@ def resolve_hparams(hparams: Dict[str, object]) -> Dict[str, object]:
         raise ValueError(f"'cutoff' must be positive, got {out['cutoff']}")
     if out["radial_basis"] not in ("exp", "gaussian", "bessel"):
         raise ValueError(f"'radial_basis' must be 'exp', 'gaussian' or 'bessel', got {out['radial_basis']!r}")
+    if out["attention"] not in ("mlp", "dot_product"):
+        raise ValueError(f"'attention' must be 'mlp' or 'dot_product', got {out['attention']!r}")
     out["species"] = list(species)
     out["cutoff"] = float(out["cutoff"])
     out["radial_hidden"] = [int(c) for c in out["radial_hidden"]]
@@ -146,10 +150,11 @@ class Equiformer(torch.nn.Module):
         self.blocks = torch.nn.ModuleList([
             TransformerBlock(irreps_node, irreps_sh, irreps_node if k < self.num_layers - 1 else irreps_feature,
                              irreps_head, int(hp["num_heads"]), irreps_mlp, radial, bool(hp["nonlinear_message"]),
-                             bool(hp["rescale_degree"]))
+                             bool(hp["rescale_degree"]), dot_product=hp["attention"] == "dot_product")
             for k in range(self.num_layers)
         ])
-        self.head = EnergyHead(irreps_feature)
+        self.head = EnergyHead(irreps_feature, bool(hp["attention_head"]), irreps_sh, irreps_head,
+                               int(hp["num_heads"]), radial)
         self.inv_sqrt_num_atoms = 1.0 / math.sqrt(float(hp["avg_num_atoms"]))
         # physical scale: e_i = out_i * energy_scale / sqrt(avg_num_atoms) + atom_ref[species_i]
         self.register_buffer("energy_scale", torch.ones((), dtype=torch.float64))
@@ -209,8 +214,13 @@ class Equiformer(torch.nn.Module):
         raise IndexError("block index out of range")
 
     @torch.jit.export
-    def readout(self, species: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(x).to(torch.float64)
+    def readout(self, species: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
+                edge_vectors: torch.Tensor) -> torch.Tensor:
+        sh, basis, weight = self.edge_features(edge_vectors)
+        return self._energies(species, self.head(x, edge_index[0], edge_index[1], sh, basis, weight))
+
+    def _energies(self, species: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        out = out.to(torch.float64)
         return out * (self.energy_scale * self.inv_sqrt_num_atoms) + self.atom_ref[species]
 
     # ---------------------------------------------------------------- whole model
@@ -223,7 +233,7 @@ class Equiformer(torch.nn.Module):
         x = self.atom_embed(species) + self.edge_deg_embed(species.shape[0], dst, sh, basis, weight)
         for blk in self.blocks:
             x = blk(x, src, dst, sh, basis, weight)
-        return self.readout(species, x)
+        return self._energies(species, self.head(x, src, dst, sh, basis, weight))
 
     def energy_dtype(self) -> torch.dtype:
         return self.atom_embed.weight.dtype

@@ -51,6 +51,10 @@ OFFICIAL_MODELS: Dict[str, Dict[str, object]] = {
     "graph_attention_transformer_nonlinear_bessel_l3_md17": {**_L3, "radial_basis": "bessel"},
     "graph_attention_transformer_nonlinear_bessel_l3_e3_md17": {**_L3E3, "radial_basis": "bessel"},
     "graph_attention_transformer_l2_md17": {**_L2, "radial_basis": "gaussian", "nonlinear_message": False},
+    "graph_attention_transformer_nonlinear_attn_exp_l3_md17": {
+        **_L3, "radial_basis": "exp", "attention_head": True, "irreps_feature": _L3["irreps_node"]},
+    "dot_product_attention_transformer_exp_l2_md17": {**_L2, "radial_basis": "exp", "attention": "dot_product"},
+    "dot_product_attention_transformer_exp_l3_md17": {**_L3, "radial_basis": "exp", "attention": "dot_product"},
 }
 
 RECIPE_KEYS = ("model_name", "irreps_in", "radius", "num_basis", "task_mean", "task_std", "energy_unit", "length_unit")
@@ -173,6 +177,38 @@ class _Mapper:
             self.used.add(src + ".tp.weight")
 
 
+def _map_separable(m: _Mapper, dst: str, src: str, sep) -> None:
+    m.depthwise(f"{dst}.dtp", f"{src}.dtp", internal=not sep.has_radial)
+    if sep.has_radial:
+        m.radial(f"{dst}.dtp_rad", f"{src}.dtp_rad")
+    m.linear(f"{dst}.lin", f"{src}.lin", simplify(sep.dtp.irreps_out), sep.lin.irreps_out)
+    if sep.has_gate:
+        for key in ("mul.weight", "mul.output_mask"):
+            m.used.add(f"{src}.gate.{key}")
+
+
+def _map_graph_attention(m: _Mapper, dst: str, src: str, ga, node, out) -> None:
+    m.copy(f"{dst}.alpha_dot", f"{src}.alpha_dot")
+    m.linear(f"{dst}.merge_src", f"{src}.merge_src", node, node)
+    m.linear(f"{dst}.merge_dst", f"{src}.merge_dst", node, node)
+    if ga.nonlinear_message:
+        _map_separable(m, f"{dst}.sep_act", f"{src}.sep_act", ga.sep_act)
+        # the official alpha layer reads the unmerged depthwise output blocks
+        m.linear(f"{dst}.sep_alpha", f"{src}.sep_alpha", ga.sep_act.dtp.irreps_out, ga.sep_alpha.irreps_out)
+        _map_separable(m, f"{dst}.sep_value", f"{src}.sep_value", ga.sep_value)
+    else:
+        _map_separable(m, f"{dst}.sep", f"{src}.sep", ga.sep)
+    m.linear(f"{dst}.proj", f"{src}.proj", ga.proj.irreps_in, out)
+
+
+def _map_dot_product(m: _Mapper, prefix: str, dpa, node) -> None:
+    m.linear(f"{prefix}.query", f"{prefix}.query", node, dpa.query.irreps_out)
+    m.linear(f"{prefix}.merge_src", f"{prefix}.merge_src", node, node)
+    m.linear(f"{prefix}.merge_dst", f"{prefix}.merge_dst", node, node)
+    _map_separable(m, f"{prefix}.key_value", f"{prefix}.key_value", dpa.key_value)
+    m.linear(f"{prefix}.proj", f"{prefix}.proj", dpa.proj.irreps_in, node)
+
+
 def map_state_dict(official: Dict[str, torch.Tensor], model: Equiformer) -> Dict[str, torch.Tensor]:
     hp = model.hparams
     node = blocks(hp["irreps_node"])
@@ -201,26 +237,10 @@ def map_state_dict(official: Dict[str, torch.Tensor], model: Equiformer) -> Dict
             out_irreps = node if k < len(model.blocks) - 1 else feature
             for norm in ("norm_1", "norm_2"):
                 m.radial(f"{b}.{norm}", f"{b}.{norm}")
-            ga = blk.ga
-            m.copy(f"{b}.ga.alpha_dot", f"{b}.ga.alpha_dot")
-            m.linear(f"{b}.ga.merge_src", f"{b}.ga.merge_src", node, node)
-            m.linear(f"{b}.ga.merge_dst", f"{b}.ga.merge_dst", node, node)
-            heads_all = ga.proj.irreps_in
-            if ga.nonlinear_message:
-                dtp_out = ga.sep_act.dtp.irreps_out
-                m.depthwise(f"{b}.ga.sep_act.dtp", f"{b}.ga.sep_act.dtp", internal=False)
-                m.radial(f"{b}.ga.sep_act.dtp_rad", f"{b}.ga.sep_act.dtp_rad")
-                m.linear(f"{b}.ga.sep_act.lin", f"{b}.ga.sep_act.lin", simplify(dtp_out), ga.sep_act.lin.irreps_out)
-                for key in ("mul.weight", "mul.output_mask"):
-                    m.used.add(f"{b}.ga.sep_act.gate.{key}")
-                m.linear(f"{b}.ga.sep_alpha", f"{b}.ga.sep_alpha", dtp_out, ga.sep_alpha.irreps_out)
-                m.depthwise(f"{b}.ga.sep_value.dtp", f"{b}.ga.sep_value.dtp", internal=True)
-                m.linear(f"{b}.ga.sep_value.lin", f"{b}.ga.sep_value.lin", simplify(ga.sep_value.dtp.irreps_out), heads_all)
+            if blk.dot_product:
+                _map_dot_product(m, f"{b}.dpa", blk.dpa, node)
             else:
-                m.depthwise(f"{b}.ga.sep.dtp", f"{b}.ga.sep.dtp", internal=False)
-                m.radial(f"{b}.ga.sep.dtp_rad", f"{b}.ga.sep.dtp_rad")
-                m.linear(f"{b}.ga.sep.lin", f"{b}.ga.sep.lin", simplify(ga.sep.dtp.irreps_out), ga.sep.lin.irreps_out)
-            m.linear(f"{b}.ga.proj", f"{b}.ga.proj", heads_all, node)
+                _map_graph_attention(m, f"{b}.ga", f"{b}.ga", blk.ga, node, node)
             m.linear(f"{b}.ffn.fctp_1", f"{b}.ffn.fctp_1", node, blk.ffn.fctp_1.irreps_out)
             for key in ("gate.mul.weight", "gate.mul.output_mask"):
                 m.used.add(f"{b}.ffn.fctp_1.{key}")
@@ -228,8 +248,11 @@ def map_state_dict(official: Dict[str, torch.Tensor], model: Equiformer) -> Dict
             if blk.has_shortcut:
                 m.linear(f"{b}.ffn_shortcut", f"{b}.ffn_shortcut", node, out_irreps)
         m.radial("head.norm", "norm")
-        m.linear("head.head.0", "head.0", feature, feature)
-        m.linear("head.head.2", "head.2", feature, [(1, 0, 1)])
+        if model.head.attention:
+            _map_graph_attention(m, "head.head", "head", model.head.head, feature, [(1, 0, 1)])
+        else:
+            m.linear("head.head.0", "head.0", feature, feature)
+            m.linear("head.head.2", "head.2", feature, [(1, 0, 1)])
     except KeyError as exc:
         raise ValueError(
             f"the checkpoint has no {exc.args[0]!r}, which the recipe's model "

@@ -26,8 +26,9 @@ class EquiformerEngineModel(EngineModel):
         return self.model.block(k, x, edge_index, edge_vectors)
 
     @torch.jit.export
-    def readout(self, species: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.model.readout(species, x)
+    def readout(self, species: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
+                edge_vectors: torch.Tensor) -> torch.Tensor:
+        return self.model.readout(species, x, edge_index, edge_vectors)
 
 
 def metadata_of(model: Equiformer, dtype: torch.dtype, device: str) -> Dict[str, object]:

@@ -1,5 +1,6 @@
 """Equivariant graph attention (paper Sec. 3.3; official ``GraphAttention``)."""
 
+import math
 from typing import Final, List, Sequence, Tuple
 
 import torch
@@ -115,6 +116,47 @@ class GraphAttention(torch.nn.Module):
         attn = weighted_softmax(logits, edge_weight, edge_dst, n)
         out = segment_sum(value * attn.unsqueeze(-1), edge_dst, n)
         out = heads_to_vec(out, self.value_out_layout, self.num_heads)
+        if self.rescale_degree:
+            out = out * segment_sum(edge_weight, edge_dst, n).unsqueeze(1)
+        return self.proj(out)
+
+
+class DotProductAttention(torch.nn.Module):
+    """Dot-product attention variant (official ``DotProductAttention``): query from the centre
+    atom, key and value linear in the merged message (depthwise TP with radial weights, then a
+    linear layer); each irrep block of the score scaled by 1/sqrt(#irreps of a head * (2l+1))."""
+
+    def __init__(self, irreps_node: Sequence[Block], irreps_sh: Sequence[Block], irreps_out: Sequence[Block],
+                 irreps_head: Sequence[Block], num_heads: int, radial_channels: List[int], rescale_degree: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.rescale_degree = rescale_degree
+        heads_all = simplify(sort_even_first([(m, l, p) for _ in range(num_heads) for m, l, p in irreps_head])[0])
+        kv_all = simplify(sort_even_first([(m, l, p) for _ in range(2 * num_heads) for m, l, p in irreps_head])[0])
+        self.query = IrrepsLinear(irreps_node, heads_all, bias=True)
+        self.merge_src = IrrepsLinear(irreps_node, irreps_node, bias=True)
+        self.merge_dst = IrrepsLinear(irreps_node, irreps_node, bias=False)
+        self.key_value = SeparableTP(irreps_node, irreps_sh, kv_all, radial_channels, activation=False)
+        self.q_layout = heads_layout(irreps_head, num_heads)
+        self.kv_layout = heads_layout(irreps_head, 2 * num_heads)
+        num_irreps = sum(m for m, _, _ in irreps_head)
+        scale: List[float] = []
+        for m, l, _ in irreps_head:
+            scale.extend([1.0 / math.sqrt(num_irreps * (2 * l + 1))] * (m * (2 * l + 1)))
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)
+        self.proj = IrrepsLinear(heads_all, irreps_out, bias=True)
+
+    def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
+                edge_basis: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        q = vec_to_heads(self.query(x), self.q_layout, self.num_heads) * self.scale
+        message = self.merge_src(x)[edge_src] + self.merge_dst(x)[edge_dst]
+        kv = self.key_value.lin(self.key_value.dtp(message, edge_sh, self.key_value.dtp_rad(edge_basis)))
+        kv = vec_to_heads(kv, self.kv_layout, 2 * self.num_heads)
+        key, value = kv[:, : self.num_heads], kv[:, self.num_heads:]
+        logits = (q[edge_dst] * key).sum(-1)
+        attn = weighted_softmax(logits, edge_weight, edge_dst, n)
+        out = heads_to_vec(segment_sum(value * attn.unsqueeze(-1), edge_dst, n), self.q_layout, self.num_heads)
         if self.rescale_degree:
             out = out * segment_sum(edge_weight, edge_dst, n).unsqueeze(1)
         return self.proj(out)

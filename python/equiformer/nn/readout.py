@@ -1,22 +1,37 @@
-"""Output head: final equivariant norm, then linear -> SiLU -> linear to one scalar per atom."""
+"""Output head: final equivariant norm, then one scalar per atom."""
 
-from typing import Sequence
+from typing import Final, List, Sequence
 
 import torch
 
 from .activation import ScaledSiLU
+from .attention import GraphAttention
 from .irreps import Block
 from .linear import IrrepsLinear
 from .norm import EquivariantLayerNorm
 
 
 class EnergyHead(torch.nn.Module):
-    def __init__(self, irreps_feature: Sequence[Block]):
+    """Norm, then an MLP (the paper's head) or a graph-attention layer to one scalar per atom
+    (official ``use_attn_head``)."""
+
+    attention: Final[bool]
+
+    def __init__(self, irreps_feature: Sequence[Block], attention: bool = False, irreps_sh: Sequence[Block] = (),
+                 irreps_head: Sequence[Block] = (), num_heads: int = 1, radial_channels: List[int] = ()):
         super().__init__()
         self.norm = EquivariantLayerNorm(irreps_feature)
-        self.head = torch.nn.Sequential(
-            IrrepsLinear(irreps_feature, irreps_feature), ScaledSiLU(), IrrepsLinear(irreps_feature, [(1, 0, 1)])
-        )
+        self.attention = attention
+        if attention:
+            self.head = GraphAttention(irreps_feature, irreps_sh, [(1, 0, 1)], irreps_head, num_heads,
+                                       list(radial_channels), True, False)
+        else:
+            self.head = torch.nn.Sequential(
+                IrrepsLinear(irreps_feature, irreps_feature), ScaledSiLU(), IrrepsLinear(irreps_feature, [(1, 0, 1)])
+            )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
+                edge_basis: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
+        if self.attention:
+            return self.head(self.norm(x), edge_src, edge_dst, edge_sh, edge_basis, edge_weight).squeeze(-1)
         return self.head(self.norm(x)).squeeze(-1)

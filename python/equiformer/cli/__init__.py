@@ -1,0 +1,1 @@
+"""Command-line tools: equiformer-train, equiformer-eval (and equiformer-export)."""

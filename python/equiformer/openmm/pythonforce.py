@@ -1,0 +1,119 @@
+"""PythonForce route: `openmm.PythonForce` calling the exported model from Python.
+
+The neighbor list is built by `vesin` (periodic, triclinic or open boundaries), the model is
+the exported TorchScript file, nothing else (no ASE, no openmm-torch). For ML/MM the force
+is restricted to the ML atoms with `PythonForce.setParticles`, so OpenMM hands the function
+only their positions.
+
+The computation is a picklable object holding the model *path* (the network is loaded
+lazily in each process), so a System with this force survives `XmlSerializer` as long as
+the model file stays where it was.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from equiformer.openmm.common import ModelSetup, box_heights, prepare
+
+
+class EquiformerComputation:
+    """The PythonForce callable: State -> (energy kJ/mol, forces kJ/mol/nm [n_ml, 3])."""
+
+    def __init__(self, setup: ModelSetup, device: str = "cpu", num_threads: Optional[int] = None):
+        self.setup = setup
+        self.device = str(device)
+        self.num_threads = num_threads
+        self._model = None
+        self._neighbors = None
+        self._species = None
+
+    def __getstate__(self):
+        return {"setup": self.setup, "device": self.device, "num_threads": self.num_threads}
+
+    def __setstate__(self, state):
+        self.__init__(state["setup"], state["device"], state.get("num_threads"))
+
+    def _load(self):
+        import torch
+        import vesin
+        if not os.path.isfile(self.setup.model_path):
+            raise FileNotFoundError(f"equiformer PythonForce: model file {self.setup.model_path} does not exist")
+        if self.num_threads is not None:
+            torch.set_num_threads(int(self.num_threads))
+        self._model = torch.jit.load(self.setup.model_path, map_location=self.device)
+        self._species = torch.tensor(self.setup.species, dtype=torch.long, device=self.device)
+        self._neighbors = vesin.NeighborList(cutoff=self.setup.cutoff, full_list=True)
+
+    def edges(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray]):
+        """Model-unit neighbor list (numpy): edge_index [2,E] (src=j, dst=i), vectors x_j - x_i + shift."""
+        s = self.setup
+        points = np.ascontiguousarray(positions_nm, dtype=np.float64) * s.nm_to_model
+        if s.periodic:
+            if box_nm is None:
+                raise RuntimeError("equiformer PythonForce: periodic force but the State has no box vectors")
+            box = np.ascontiguousarray(box_nm, dtype=np.float64) * s.nm_to_model
+            heights = box_heights(box)
+            if heights.min() < s.cutoff:
+                raise RuntimeError(
+                    f"equiformer: periodic box too small for the model: width {heights.min() / s.nm_to_model:.6g} nm "
+                    f"< cutoff {s.cutoff_nm:.6g} nm"
+                )
+        else:
+            box = np.zeros((3, 3))
+        i, j, vectors = self._neighbors.compute(points=points, box=box, periodic=s.periodic, quantities="ijD")
+        edge_index = np.stack([j, i]).astype(np.int64)
+        return edge_index, vectors
+
+    def compute_numpy(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray] = None):
+        """(energy kJ/mol, forces kJ/mol/nm) for the ML atoms, from plain arrays in nm."""
+        import torch
+        if self._model is None:
+            self._load()
+        s = self.setup
+        edge_index, vectors = self.edges(positions_nm, box_nm)
+        ei = torch.from_numpy(edge_index).to(self.device)
+        ev = torch.from_numpy(np.ascontiguousarray(vectors)).to(device=self.device, dtype=s.torch_dtype)
+        out = self._model(self._species, ei, ev, s.num_ml_atoms)
+        energy = (float(out["energy"]) + s.energy_offset) * s.energy_to_kj
+        forces = out["forces"].detach().to("cpu", torch.float64).numpy() * s.force_to_kj_nm
+        return energy, forces
+
+    def __call__(self, state):
+        from openmm import unit
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        if positions.shape[0] != self.setup.num_ml_atoms:
+            raise RuntimeError(f"equiformer PythonForce: expected {self.setup.num_ml_atoms} particles, "
+                               f"got {positions.shape[0]}")
+        box = None
+        if self.setup.periodic:
+            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        return self.compute_numpy(positions, box)
+
+
+def create_python_force(model: str, topology, atoms: Optional[Sequence[int]] = None, *,
+                        periodic: Optional[bool] = None, box_vectors=None, precision: Optional[str] = None,
+                        device: str = "cpu", num_threads: Optional[int] = None,
+                        force_group: Optional[int] = None):
+    """An `openmm.PythonForce` computing the exported model's energy and forces.
+
+    Arguments as `create_torch_force`; `device` is the torch device the model runs on
+    ('cpu', 'cuda', ...) and `num_threads` optionally sets torch's CPU threads.
+    """
+    import openmm
+    if not hasattr(openmm, "PythonForce"):
+        raise ImportError(f"openmm {openmm.__version__} has no PythonForce (a newer OpenMM is needed); "
+                          "use the TorchForce route (create_torch_force)")
+    setup = prepare(model, topology, atoms=atoms, periodic=periodic, box_vectors=box_vectors,
+                    precision=precision)
+    computation = EquiformerComputation(setup, device=device, num_threads=num_threads)
+    computation._load()  # fail now (missing vesin, bad device) rather than at the first step
+    force = openmm.PythonForce(computation)
+    force.setUsesPeriodicBoundaryConditions(setup.periodic)
+    if setup.atoms is not None:
+        force.setParticles(setup.atoms)
+    if force_group is not None:
+        force.setForceGroup(int(force_group))
+    force.setName("EquiformerPythonForce")
+    return force
