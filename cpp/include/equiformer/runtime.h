@@ -1,0 +1,90 @@
+// equiformer_runtime: load an exported Equiformer model (docs/model-format.md) and
+// evaluate it from C++ without exposing libtorch in this header.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace equiformer {
+
+// Every failure of this library (bad file, bad metadata, unusable device, model error).
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Outputs of one evaluation, always in double precision and in the model's units.
+struct Result {
+  double energy = 0.0;                 // sum of atom energies of the n_local local atoms
+  std::vector<double> atom_energies;   // [N]
+  std::vector<double> forces;          // [N*3], ghosts included
+  std::array<double, 9> virial{};      // row-major 3x3, LAMMPS sign (sum r (x) f)
+  std::vector<double> atom_virial;     // [N*9] row-major, empty unless asked for
+};
+
+// Exported layer-by-layer methods (embed/block/readout) evaluated one call at a time.
+// Opaque handles keep libtorch out of this header.
+class Model {
+ public:
+  // Loads PATH on DEVICE: "cpu", "cuda", "cuda:K" or "auto" (first GPU when libtorch
+  // sees one, else the CPU). Throws equiformer::Error with a message naming the fix.
+  explicit Model(const std::string &path, const std::string &device = "cpu");
+  ~Model();
+  Model(Model &&) noexcept;
+  Model &operator=(Model &&) noexcept;
+  Model(const Model &) = delete;
+  Model &operator=(const Model &) = delete;
+
+  const std::string &path() const;
+  double cutoff() const;                  // in length_unit()
+  int num_layers() const;
+  double interaction_range() const;       // in length_unit()
+  const std::vector<std::string> &species_symbols() const;
+  const std::vector<int> &atomic_numbers() const;
+  const std::string &length_unit() const; // "Angstrom" or "nm"
+  const std::string &energy_unit() const; // "eV", "kcal/mol" or "kJ/mol"
+  const std::string &dtype() const;       // "float32" or "float64"
+  double energy_offset() const;           // per-structure constant, see the format doc
+  const std::string &device() const;      // the device actually used, e.g. "cpu", "cuda:0"
+  bool has_layer_methods() const;         // exports embed / block / readout
+  // Any metadata entry as text ("" when absent).
+  std::string metadata(const std::string &key) const;
+
+  // Index of SYMBOL in species_symbols(), or -1.
+  int species_index(const std::string &symbol) const;
+
+  // One evaluation. species[N] are species indices; edge k goes from src[k] (neighbour)
+  // to dst[k] (centre); edge_vectors[3k..3k+2] = x[src]-x[dst] (+ periodic shift) in the
+  // model's length unit. Atoms 0..n_local-1 are local.
+  Result compute(const std::vector<int64_t> &species, const std::vector<int64_t> &src,
+                 const std::vector<int64_t> &dst, const std::vector<double> &edge_vectors,
+                 int64_t n_local, bool want_atom_virial = false) const;
+  // The same on raw arrays (no copies on the caller's side); OUT is overwritten.
+  void compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
+               const int64_t *dst, const double *edge_vectors, int64_t n_local,
+               bool want_atom_virial, Result &out) const;
+
+  // libtorch's intra-op CPU threads for this process (e.g. LAMMPS' OpenMP threads per rank).
+  static void set_num_threads(int n);
+  static int num_threads();
+
+  // Whether libtorch sees a CUDA device, and how many.
+  static bool cuda_available();
+  static int cuda_device_count();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Unit conversion factors (CODATA 2018 e and N_A, thermochemical calorie 4.184 J):
+// multiply a quantity in FROM units by the factor to get TO units.
+double energy_conversion(const std::string &from, const std::string &to);   // eV, kcal/mol, kJ/mol
+double length_conversion(const std::string &from, const std::string &to);   // Angstrom, nm
+
+}  // namespace equiformer

@@ -1,0 +1,348 @@
+// Implementation of equiformer::Model over libtorch (TorchScript).
+#include "equiformer/runtime.h"
+
+#include <torch/cuda.h>
+#include <torch/script.h>
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+
+namespace equiformer {
+
+namespace {
+
+constexpr const char *kFormat = "equiformer-model";
+constexpr int kFormatVersion = 1;
+constexpr const char *kHowToExport = "create one with `equiformer-export CHECKPOINT.pt MODEL.pt`";
+
+const char *const kMetaKeys[] = {"format",        "format_version", "package_version",
+                                 "cutoff",        "num_layers",     "interaction_range",
+                                 "species_symbols", "atomic_numbers", "length_unit",
+                                 "energy_unit",   "dtype",          "device",
+                                 "energy_offset", "hyperparameters"};
+
+std::string trim(const std::string &s)
+{
+  const char *ws = " \t\r\n";
+  auto b = s.find_first_not_of(ws);
+  if (b == std::string::npos) return "";
+  auto e = s.find_last_not_of(ws);
+  return s.substr(b, e - b + 1);
+}
+
+std::vector<std::string> split(const std::string &s)
+{
+  std::istringstream in(s);
+  std::vector<std::string> out;
+  std::string w;
+  while (in >> w) out.push_back(w);
+  return out;
+}
+
+double parse_double(const std::string &path, const std::string &key, const std::string &text)
+{
+  try {
+    size_t pos = 0;
+    double v = std::stod(text, &pos);
+    if (trim(text.substr(pos)).empty()) return v;
+  } catch (const std::exception &) {
+  }
+  throw Error(path + ": metadata '" + key + "' is not a number ('" + text +
+              "'); the file is damaged or was not written by equiformer-export");
+}
+
+long parse_int(const std::string &path, const std::string &key, const std::string &text)
+{
+  try {
+    size_t pos = 0;
+    long v = std::stol(text, &pos);
+    if (trim(text.substr(pos)).empty()) return v;
+  } catch (const std::exception &) {
+  }
+  throw Error(path + ": metadata '" + key + "' is not an integer ('" + text +
+              "'); the file is damaged or was not written by equiformer-export");
+}
+
+// TorchScript's graph executor optimisation stays on (libtorch's default): with it off,
+// scripted forwards that call other methods in a loop fail inside libtorch ("Expected Object
+// but got None", torch 2.9). EQUIFORMER_JIT_OPTIMIZE=0 turns it off for debugging.
+void configure_jit_once()
+{
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char *env = std::getenv("EQUIFORMER_JIT_OPTIMIZE");
+    if (env && std::string(env) == "0") torch::jit::setGraphExecutorOptimize(false);
+  });
+}
+
+torch::Device resolve_device(const std::string &requested)
+{
+  std::string d = trim(requested);
+  if (d.empty() || d == "cpu") return torch::Device(torch::kCPU);
+  if (d == "auto") {
+    return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  }
+  if (d.rfind("cuda", 0) == 0) {
+    int index = 0;
+    if (d.size() > 4) {
+      if (d[4] != ':') throw Error("unknown device '" + requested + "'; use cpu, cuda, cuda:K or auto");
+      try {
+        size_t pos = 0;
+        index = std::stoi(d.substr(5), &pos);
+        if (pos != d.size() - 5 || index < 0) throw std::invalid_argument("bad");
+      } catch (const std::exception &) {
+        throw Error("unknown device '" + requested + "'; use cpu, cuda, cuda:K or auto");
+      }
+    }
+    if (!torch::cuda::is_available())
+      throw Error("device '" + requested +
+                  "' requested but libtorch sees no CUDA GPU on this machine (no GPU, no driver, or "
+                  "a CPU-only libtorch); use device cpu (or auto)");
+    int n = static_cast<int>(torch::cuda::device_count());
+    if (index >= n)
+      throw Error("device '" + requested + "' requested but libtorch sees only " + std::to_string(n) +
+                  " CUDA GPU(s); use cuda:0 .. cuda:" + std::to_string(n - 1));
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw Error("unknown device '" + requested + "'; use cpu, cuda, cuda:K or auto");
+}
+
+}  // namespace
+
+double energy_conversion(const std::string &from, const std::string &to)
+{
+  // energies in kJ/mol: 1 eV = e * N_A / 1000 kJ/mol (exact with the 2019 SI), 1 kcal = 4.184 kJ
+  constexpr double eV_kJmol = 1.602176634e-19 * 6.02214076e23 / 1000.0;  // 96.48533212331...
+  auto in_kJmol = [](const std::string &u) -> double {
+    if (u == "eV") return eV_kJmol;
+    if (u == "kcal/mol") return 4.184;
+    if (u == "kJ/mol") return 1.0;
+    throw Error("unknown energy unit '" + u + "'; known: eV, kcal/mol, kJ/mol");
+  };
+  return in_kJmol(from) / in_kJmol(to);
+}
+
+double length_conversion(const std::string &from, const std::string &to)
+{
+  auto in_A = [](const std::string &u) -> double {
+    if (u == "Angstrom") return 1.0;
+    if (u == "nm") return 10.0;
+    throw Error("unknown length unit '" + u + "'; known: Angstrom, nm");
+  };
+  return in_A(from) / in_A(to);
+}
+
+struct Model::Impl {
+  std::string path;
+  mutable torch::jit::Module module;
+  torch::Device device{torch::kCPU};
+  std::string device_name;
+  torch::ScalarType dtype = torch::kFloat64;
+  std::unordered_map<std::string, std::string> meta;
+  double cutoff = 0.0, interaction_range = 0.0, energy_offset = 0.0;
+  int num_layers = 1;
+  std::vector<std::string> symbols;
+  std::vector<int> numbers;
+  std::string length_unit, energy_unit, dtype_name;
+  bool layer_methods = false;
+};
+
+Model::Model(const std::string &path, const std::string &device) : impl_(new Impl)
+{
+  configure_jit_once();
+  Impl &m = *impl_;
+  m.path = path;
+  {
+    std::ifstream probe(path, std::ios::binary);
+    if (!probe.good())
+      throw Error("model file '" + path + "' does not exist or cannot be read; " + kHowToExport);
+  }
+  m.device = resolve_device(device);
+  m.device_name = m.device.str();
+
+  torch::jit::ExtraFilesMap extra;
+  for (const char *key : kMetaKeys) extra[key] = "";
+  try {
+    m.module = torch::jit::load(path, m.device, extra);
+  } catch (const std::exception &e) {
+    std::string why = e.what();
+    why = why.substr(0, why.find('\n'));
+    throw Error("'" + path + "' is not an exported Equiformer model (TorchScript load failed: " + why +
+                "); " + kHowToExport);
+  }
+  for (auto &kv : extra) m.meta[kv.first] = trim(kv.second);
+
+  if (m.meta["format"] != kFormat)
+    throw Error("'" + path + "' is a TorchScript file but not an exported Equiformer model (no 'format' = '" +
+                kFormat + "' metadata); " + kHowToExport);
+  const std::string &ver = m.meta["format_version"];
+  if (ver != std::to_string(kFormatVersion))
+    throw Error("'" + path + "' has model format version " + (ver.empty() ? "(none)" : ver) +
+                ", this runtime reads version " + std::to_string(kFormatVersion) +
+                "; re-export it with this package's equiformer-export (or update the runtime)");
+  for (const char *key : {"cutoff", "species_symbols", "length_unit", "energy_unit", "dtype"})
+    if (m.meta[key].empty())
+      throw Error("'" + path + "' lacks the '" + std::string(key) + "' metadata; re-export it with equiformer-export");
+
+  m.cutoff = parse_double(path, "cutoff", m.meta["cutoff"]);
+  if (!(m.cutoff > 0.0)) throw Error("'" + path + "': metadata cutoff must be positive");
+  m.num_layers = m.meta["num_layers"].empty() ? 1 : static_cast<int>(parse_int(path, "num_layers", m.meta["num_layers"]));
+  if (m.num_layers < 1) throw Error("'" + path + "': metadata num_layers must be at least 1");
+  m.interaction_range = m.meta["interaction_range"].empty()
+                            ? m.cutoff * m.num_layers
+                            : parse_double(path, "interaction_range", m.meta["interaction_range"]);
+  m.energy_offset = m.meta["energy_offset"].empty() ? 0.0 : parse_double(path, "energy_offset", m.meta["energy_offset"]);
+  m.symbols = split(m.meta["species_symbols"]);
+  for (const auto &z : split(m.meta["atomic_numbers"]))
+    m.numbers.push_back(static_cast<int>(parse_int(path, "atomic_numbers", z)));
+  if (!m.numbers.empty() && m.numbers.size() != m.symbols.size())
+    throw Error("'" + path + "': species_symbols and atomic_numbers have different lengths");
+  m.length_unit = m.meta["length_unit"];
+  m.energy_unit = m.meta["energy_unit"];
+  length_conversion(m.length_unit, "Angstrom");  // throws on unknown units
+  energy_conversion(m.energy_unit, "eV");
+  m.dtype_name = m.meta["dtype"];
+  if (m.dtype_name == "float64")
+    m.dtype = torch::kFloat64;
+  else if (m.dtype_name == "float32")
+    m.dtype = torch::kFloat32;
+  else
+    throw Error("'" + path + "' has dtype '" + m.dtype_name + "', this runtime supports float32 and float64");
+
+  m.module.eval();
+  m.layer_methods = m.module.find_method("embed").has_value() && m.module.find_method("block").has_value() &&
+                    m.module.find_method("readout").has_value();
+}
+
+Model::~Model() = default;
+Model::Model(Model &&) noexcept = default;
+Model &Model::operator=(Model &&) noexcept = default;
+
+const std::string &Model::path() const { return impl_->path; }
+double Model::cutoff() const { return impl_->cutoff; }
+int Model::num_layers() const { return impl_->num_layers; }
+double Model::interaction_range() const { return impl_->interaction_range; }
+const std::vector<std::string> &Model::species_symbols() const { return impl_->symbols; }
+const std::vector<int> &Model::atomic_numbers() const { return impl_->numbers; }
+const std::string &Model::length_unit() const { return impl_->length_unit; }
+const std::string &Model::energy_unit() const { return impl_->energy_unit; }
+const std::string &Model::dtype() const { return impl_->dtype_name; }
+double Model::energy_offset() const { return impl_->energy_offset; }
+const std::string &Model::device() const { return impl_->device_name; }
+bool Model::has_layer_methods() const { return impl_->layer_methods; }
+
+std::string Model::metadata(const std::string &key) const
+{
+  auto it = impl_->meta.find(key);
+  return it == impl_->meta.end() ? std::string() : it->second;
+}
+
+int Model::species_index(const std::string &symbol) const
+{
+  for (size_t k = 0; k < impl_->symbols.size(); ++k)
+    if (impl_->symbols[k] == symbol) return static_cast<int>(k);
+  return -1;
+}
+
+void Model::set_num_threads(int n)
+{
+  if (n > 0 && n != at::get_num_threads()) at::set_num_threads(n);
+}
+int Model::num_threads() { return at::get_num_threads(); }
+
+bool Model::cuda_available() { return torch::cuda::is_available(); }
+int Model::cuda_device_count() { return static_cast<int>(torch::cuda::device_count()); }
+
+Result Model::compute(const std::vector<int64_t> &species, const std::vector<int64_t> &src,
+                      const std::vector<int64_t> &dst, const std::vector<double> &edge_vectors,
+                      int64_t n_local, bool want_atom_virial) const
+{
+  if (src.size() != dst.size() || edge_vectors.size() != 3 * src.size())
+    throw Error("compute: src, dst and edge_vectors (3 per edge) have inconsistent lengths");
+  Result out;
+  compute(static_cast<int64_t>(species.size()), species.data(), static_cast<int64_t>(src.size()), src.data(),
+          dst.data(), edge_vectors.data(), n_local, want_atom_virial, out);
+  return out;
+}
+
+void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
+                    const int64_t *dst, const double *edge_vectors, int64_t n_local, bool want_atom_virial,
+                    Result &out) const
+{
+  const Impl &m = *impl_;
+  if (n_atoms < 0 || n_edges < 0 || n_local < 0 || n_local > n_atoms)
+    throw Error("compute: need 0 <= n_local <= number of atoms");
+  const int64_t nspecies = static_cast<int64_t>(m.symbols.size());
+  for (int64_t i = 0; i < n_atoms; ++i)
+    if (species[i] < 0 || species[i] >= nspecies)
+      throw Error("compute: species index " + std::to_string(species[i]) + " of atom " + std::to_string(i) +
+                  " is outside 0.." + std::to_string(nspecies - 1));
+  for (int64_t e = 0; e < n_edges; ++e)
+    if (src[e] < 0 || src[e] >= n_atoms || dst[e] < 0 || dst[e] >= n_atoms)
+      throw Error("compute: edge " + std::to_string(e) + " refers to an atom outside 0.." +
+                  std::to_string(n_atoms - 1));
+
+  out.energy = 0.0;
+  out.atom_energies.assign(n_atoms, 0.0);
+  out.forces.assign(3 * n_atoms, 0.0);
+  out.virial.fill(0.0);
+  out.atom_virial.assign(want_atom_virial ? 9 * n_atoms : 0, 0.0);
+  // No local atom: the local energy is an empty sum, all its derivatives vanish.
+  if (n_local == 0) return;
+
+  try {
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    torch::Tensor t_species = torch::from_blob(const_cast<int64_t *>(species), {n_atoms}, i64).to(m.device, false, true);
+    torch::Tensor t_index = torch::empty({2, n_edges}, i64);
+    if (n_edges > 0) {
+      std::copy(src, src + n_edges, t_index.data_ptr<int64_t>());
+      std::copy(dst, dst + n_edges, t_index.data_ptr<int64_t>() + n_edges);
+    }
+    t_index = t_index.to(m.device);
+    torch::Tensor t_vec =
+        torch::from_blob(const_cast<double *>(edge_vectors), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64))
+            .to(m.device, m.dtype, false, true);
+
+    c10::impl::GenericDict result{c10::AnyType::get(), c10::AnyType::get()};
+    {
+      // The model differentiates itself (torch.autograd.grad inside forward): grad mode
+      // must be on whatever the caller set.
+      torch::AutoGradMode grad_on(true);
+      result = m.module.forward({t_species, t_index, t_vec, n_local}).toGenericDict();
+    }
+    torch::NoGradGuard no_grad;
+    auto fetch = [&](const char *key) -> torch::Tensor {
+      auto it = result.find(std::string(key));
+      if (it == result.end()) throw Error(std::string("the model output lacks '") + key + "'");
+      return it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    };
+    out.energy = fetch("energy").item<double>();
+    torch::Tensor ae = fetch("atom_energies");
+    torch::Tensor f = fetch("forces");
+    torch::Tensor v = fetch("virial");
+    if (ae.numel() != n_atoms || f.numel() != 3 * n_atoms || v.numel() != 9)
+      throw Error("the model returned outputs of unexpected shapes");
+    std::copy(ae.data_ptr<double>(), ae.data_ptr<double>() + n_atoms, out.atom_energies.begin());
+    std::copy(f.data_ptr<double>(), f.data_ptr<double>() + 3 * n_atoms, out.forces.begin());
+    std::copy(v.data_ptr<double>(), v.data_ptr<double>() + 9, out.virial.begin());
+    if (want_atom_virial) {
+      torch::Tensor av = fetch("atom_virial");
+      if (av.numel() != 9 * n_atoms) throw Error("the model returned atom_virial of an unexpected shape");
+      std::copy(av.data_ptr<double>(), av.data_ptr<double>() + 9 * n_atoms, out.atom_virial.begin());
+    }
+  } catch (const Error &) {
+    throw;
+  } catch (const std::exception &e) {
+    // TorchScript errors put the interpreter banner first and the cause last
+    std::string why = trim(e.what()), first = why.substr(0, why.find('\n'));
+    std::string last = why.substr(why.find_last_of('\n') == std::string::npos ? 0 : why.find_last_of('\n') + 1);
+    throw Error("model evaluation failed (" + m.path + " on " + m.device_name + "): " + first +
+                (last != first ? " ... " + last : std::string()));
+  }
+}
+
+}  // namespace equiformer

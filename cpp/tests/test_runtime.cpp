@@ -1,0 +1,198 @@
+// Tests of equiformer_runtime against the analytic pair model (tests/analytic_models.py).
+// Usage: test_runtime DIR  (DIR written by make_models.py)
+#include "equiformer/runtime.h"
+
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+int failures = 0, checks = 0;
+
+void check(bool ok, const std::string &what)
+{
+  ++checks;
+  if (!ok) {
+    ++failures;
+    std::cerr << "FAIL: " << what << "\n";
+  }
+}
+
+void check_close(double got, double want, double tol, const std::string &what)
+{
+  bool ok = std::isnan(want) || std::fabs(got - want) <= tol * (1.0 + std::fabs(want));
+  if (!ok) std::cerr << "  " << what << ": got " << got << " want " << want << "\n";
+  check(ok, what);
+}
+
+// Expect an equiformer::Error whose message contains NEEDLE.
+void check_throws(const std::function<void()> &f, const std::string &needle, const std::string &what)
+{
+  try {
+    f();
+  } catch (const equiformer::Error &e) {
+    bool ok = std::string(e.what()).find(needle) != std::string::npos;
+    if (!ok) std::cerr << "  " << what << ": message was: " << e.what() << "\n";
+    check(ok, what + " (message mentions '" + needle + "')");
+    return;
+  } catch (const std::exception &e) {
+    check(false, what + ": threw a non-equiformer exception: " + e.what());
+    return;
+  }
+  check(false, what + ": did not throw");
+}
+
+struct Case {
+  std::string name;
+  long n = 0, e = 0, n_local = 0;
+  std::vector<int64_t> species, src, dst;
+  std::vector<double> vec, energies, forces, virial;
+  double energy = 0.0;
+};
+
+template <class T>
+std::vector<T> read_line(std::istream &in, size_t n)
+{
+  std::string line;
+  std::getline(in, line);
+  std::istringstream s(line);
+  std::vector<T> v;
+  std::string tok;
+  while (s >> tok) v.push_back(tok == "nan" ? T(NAN) : static_cast<T>(std::stod(tok)));
+  if (v.size() != n) throw std::runtime_error("graphs.txt: bad line length");
+  return v;
+}
+
+std::vector<Case> read_cases(const std::string &file)
+{
+  std::ifstream in(file);
+  if (!in) throw std::runtime_error("cannot open " + file);
+  std::vector<Case> cases;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("case ", 0) != 0) continue;
+    Case c;
+    c.name = line.substr(5);
+    std::getline(in, line);
+    std::istringstream(line) >> c.n >> c.e >> c.n_local;
+    c.species = read_line<int64_t>(in, c.n);
+    c.src = read_line<int64_t>(in, c.e);
+    c.dst = read_line<int64_t>(in, c.e);
+    c.vec = read_line<double>(in, 3 * c.e);
+    c.energy = read_line<double>(in, 1)[0];
+    c.energies = read_line<double>(in, c.n);
+    c.forces = read_line<double>(in, 3 * c.n);
+    c.virial = read_line<double>(in, 9);
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+void check_case(const equiformer::Model &model, const Case &c, double tol)
+{
+  const std::string tag = model.dtype() + " " + c.name;
+  equiformer::Result r = model.compute(c.species, c.src, c.dst, c.vec, c.n_local, true);
+  check_close(r.energy, c.energy, tol, tag + " energy");
+  for (long i = 0; i < c.n_local; ++i) check_close(r.atom_energies[i], c.energies[i], tol, tag + " atom energy");
+  for (long k = 0; k < 3 * c.n; ++k) check_close(r.forces[k], c.forces[k], tol, tag + " forces");
+  for (int k = 0; k < 9; ++k) check_close(r.virial[k], c.virial[k], tol, tag + " virial");
+  // per-atom virials sum to the global virial
+  for (int k = 0; k < 9; ++k) {
+    double s = 0.0;
+    for (long i = 0; i < c.n; ++i) s += r.atom_virial[9 * i + k];
+    check_close(s, r.virial[k], tol, tag + " sum of atom virials");
+  }
+  // without per-atom virial: nothing else changes
+  equiformer::Result r2 = model.compute(c.species, c.src, c.dst, c.vec, c.n_local, false);
+  check(r2.atom_virial.empty(), tag + " no atom virial unless asked");
+  check_close(r2.energy, r.energy, 1e-14, tag + " repeatable energy");
+}
+
+}  // namespace
+
+int main(int argc, char **argv)
+{
+  if (argc != 2) {
+    std::cerr << "usage: test_runtime DIR\n";
+    return 2;
+  }
+  const std::string dir = argv[1];
+  try {
+    auto cases = read_cases(dir + "/graphs.txt");
+    check(cases.size() == 4, "four graphs read");
+
+    equiformer::Model m64(dir + "/pair64.pt", "cpu");
+    check_close(m64.cutoff(), 3.0, 0, "cutoff");
+    check(m64.num_layers() == 1, "num_layers");
+    check_close(m64.interaction_range(), 3.0, 0, "interaction_range");
+    check((m64.species_symbols() == std::vector<std::string>{"H", "C", "O", "Cu"}), "species symbols");
+    check((m64.atomic_numbers() == std::vector<int>{1, 6, 8, 29}), "atomic numbers");
+    check(m64.length_unit() == "Angstrom" && m64.energy_unit() == "eV", "units");
+    check(m64.dtype() == "float64", "dtype");
+    check(m64.energy_offset() == 0.0, "energy offset");
+    check(m64.device() == "cpu", "device");
+    check(!m64.has_layer_methods(), "the pair model exports no layer methods");
+    check(m64.species_index("O") == 2 && m64.species_index("Cu") == 3 && m64.species_index("N") == -1, "species_index");
+    check(m64.metadata("format") == "equiformer-model" && m64.metadata("no-such-key").empty(), "metadata");
+    for (const auto &c : cases) check_case(m64, c, 1e-12);
+
+    equiformer::Model m32(dir + "/pair32.pt", "cpu");
+    check(m32.dtype() == "float32", "float32 dtype");
+    for (const auto &c : cases) check_case(m32, c, 2e-5);
+
+    equiformer::Model mu(dir + "/pair_units.pt", "auto");
+    check(mu.length_unit() == "nm" && mu.energy_unit() == "kcal/mol", "units of the nm/kcal model");
+    check(mu.energy_offset() == -12.5 && mu.num_layers() == 2, "offset and layers");
+    check_close(mu.interaction_range(), 0.6, 1e-15, "interaction range 2 x 0.3 nm");
+    check(mu.device() == (equiformer::Model::cuda_available() ? "cuda:0" : "cpu"), "auto device");
+
+    // a rank with no local atom
+    const Case &mol = cases[1];
+    equiformer::Result r0 = m64.compute(mol.species, mol.src, mol.dst, mol.vec, 0, true);
+    bool zero = r0.energy == 0.0;
+    for (double v : r0.forces) zero = zero && v == 0.0;
+    check(zero, "n_local = 0 gives zero energy and forces");
+    equiformer::Result rempty = m64.compute({}, {}, {}, {}, 0, true);
+    check(rempty.forces.empty() && rempty.energy == 0.0, "empty system");
+
+    // unit conversions
+    check_close(equiformer::energy_conversion("eV", "kcal/mol"), 23.060547830619026, 1e-15, "eV -> kcal/mol");
+    check_close(equiformer::energy_conversion("eV", "kJ/mol"), 96.48533212331002, 1e-15, "eV -> kJ/mol");
+    check_close(equiformer::energy_conversion("kcal/mol", "kJ/mol"), 4.184, 1e-15, "kcal -> kJ");
+    check_close(equiformer::length_conversion("nm", "Angstrom"), 10.0, 0, "nm -> Angstrom");
+    check_throws([] { equiformer::energy_conversion("hartree", "eV"); }, "unknown energy unit", "bad energy unit");
+
+    // error paths
+    check_throws([&] { equiformer::Model(dir + "/does_not_exist.pt"); }, "does not exist", "missing file");
+    check_throws([&] { equiformer::Model(dir + "/garbage.pt"); }, "not an exported Equiformer model", "random bytes");
+    check_throws([&] { equiformer::Model(dir + "/checkpoint.pt"); }, "equiformer-export", "a torch.save checkpoint");
+    check_throws([&] { equiformer::Model(dir + "/plain_torchscript.pt"); },
+                 "not an exported Equiformer model", "TorchScript without metadata");
+    check_throws([&] { equiformer::Model(dir + "/future_version.pt"); }, "format version 2", "future version");
+    check_throws([&] { equiformer::Model(dir + "/bfloat16.pt"); }, "supports float32 and float64", "bfloat16 dtype");
+    check_throws([&] { equiformer::Model(dir + "/no_cutoff.pt"); }, "lacks the 'cutoff' metadata", "missing cutoff");
+    check_throws([&] { equiformer::Model(dir + "/pair64.pt", "tpu"); }, "unknown device", "unknown device");
+    if (!equiformer::Model::cuda_available()) {
+      check_throws([&] { equiformer::Model(dir + "/pair64.pt", "cuda"); }, "no CUDA GPU", "cuda without a GPU");
+      check_throws([&] { equiformer::Model(dir + "/pair64.pt", "cuda:1"); }, "use device cpu", "cuda:1 without a GPU");
+    }
+    check_throws([&] { m64.compute({0, 7}, {0}, {1}, {1.0, 0.0, 0.0}, 2); }, "species index 7", "bad species");
+    check_throws([&] { m64.compute({0, 1}, {0}, {2}, {1.0, 0.0, 0.0}, 2); }, "outside", "edge to a missing atom");
+    check_throws([&] { m64.compute({0, 1}, {0}, {1}, {1.0, 0.0}, 2); }, "inconsistent", "short edge_vectors");
+    check_throws([&] { m64.compute({0, 1}, {0}, {1}, {1.0, 0.0, 0.0}, 3); }, "n_local", "n_local too large");
+
+    // the model keeps working after errors and can be moved
+    equiformer::Model moved = std::move(m64);
+    check_case(moved, cases[0], 1e-12);
+  } catch (const std::exception &e) {
+    std::cerr << "FAIL: unexpected exception: " << e.what() << "\n";
+    return 1;
+  }
+  std::cout << checks - failures << "/" << checks << " checks passed\n";
+  return failures == 0 ? 0 : 1;
+}

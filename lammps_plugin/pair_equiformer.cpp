@@ -1,0 +1,489 @@
+/* ----------------------------------------------------------------------
+   pair_style equiformer (see pair_equiformer.h and docs/lammps.md)
+------------------------------------------------------------------------- */
+
+#include "pair_equiformer.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "domain.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+
+#include "equiformer/runtime.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mpi.h>
+
+using namespace LAMMPS_NS;
+
+namespace {
+const char *mode_name(int mode)
+{
+  switch (mode) {
+    case PairEquiformer::MODE_MAP:
+      return "map (one rank: ghost atoms mapped onto their owners, ghost cutoff = model cutoff)";
+    case PairEquiformer::MODE_GHOST:
+      return "ghost (ghost atoms are graph nodes, ghost cutoff = num_layers x cutoff)";
+    default:
+      return "auto";
+  }
+}
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairEquiformer::PairEquiformer(LAMMPS *lmp) :
+    Pair(lmp), device_request("auto"), mode_request(MODE_AUTO), mode(MODE_AUTO), cutoff_lmp(0.0),
+    range_lmp(0.0), length_to_model(1.0), energy_to_lmp(1.0), offset_lmp(0.0), logged(false),
+    n_local_nodes(0), result(new equiformer::Result), fold_vatom(0)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  no_virial_fdotr_compute = 1;
+  centroidstressflag = CENTROID_NOTAVAIL;
+  unit_convert_flag = 0;
+  comm_reverse = 9;    // newton off, ghost mode: 3 force + 6 virial components per ghost
+}
+
+PairEquiformer::~PairEquiformer()
+{
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    memory->destroy(cutghost);
+  }
+}
+
+void PairEquiformer::allocate()
+{
+  allocated = 1;
+  int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  memory->create(cutsq, n, n, "pair:cutsq");
+  memory->create(cutghost, n, n, "pair:cutghost");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) {
+      setflag[i][j] = 0;
+      cutghost[i][j] = 0.0;
+    }
+}
+
+/* ----------------------------------------------------------------------
+   pair_style equiformer [device cpu|cuda|auto] [mode auto|map|ghost]
+------------------------------------------------------------------------- */
+
+void PairEquiformer::settings(int narg, char **arg)
+{
+  int iarg = 0;
+  while (iarg < narg) {
+    std::string key = arg[iarg];
+    if (iarg + 1 >= narg)
+      error->all(FLERR, "pair_style equiformer: keyword {} needs a value; syntax: pair_style equiformer "
+                 "[device cpu|cuda|auto] [mode auto|map|ghost]", key);
+    std::string value = arg[iarg + 1];
+    if (key == "device") {
+      if (value != "cpu" && value != "cuda" && value != "auto")
+        error->all(FLERR, "pair_style equiformer: device must be cpu, cuda or auto, not {}", value);
+      device_request = value;
+    } else if (key == "mode") {
+      if (value == "auto") mode_request = MODE_AUTO;
+      else if (value == "map") mode_request = MODE_MAP;
+      else if (value == "ghost") mode_request = MODE_GHOST;
+      else
+        error->all(FLERR, "pair_style equiformer: mode must be auto, map or ghost, not {}", value);
+    } else {
+      error->all(FLERR, "pair_style equiformer: unknown keyword {}; syntax: pair_style equiformer "
+                 "[device cpu|cuda|auto] [mode auto|map|ghost]", key);
+    }
+    iarg += 2;
+  }
+}
+
+/* ----------------------------------------------------------------------
+   one GPU per node-local rank: local rank modulo the number of visible GPUs
+------------------------------------------------------------------------- */
+
+std::string PairEquiformer::device_for_this_rank()
+{
+  if (device_request == "cpu") return "cpu";
+  bool have_cuda = equiformer::Model::cuda_available();
+  if (device_request == "auto" && !have_cuda) return "cpu";
+  if (!have_cuda) return "cuda";    // the runtime refuses it with a clear message
+  MPI_Comm node;
+  int local_rank = 0;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  int ngpu = std::max(1, equiformer::Model::cuda_device_count());
+  return "cuda:" + std::to_string(local_rank % ngpu);
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * MODEL.pt SYMBOL|NULL ... (one per atom type)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg < 3 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for equiformer must be: pair_coeff * * MODEL.pt SYMBOL ... "
+               "(one chemical symbol or NULL per atom type)");
+  if (narg != 3 + ntypes)
+    error->all(FLERR, "pair_coeff * * {} needs one chemical symbol (or NULL) per atom type: "
+               "{} types, got {}", arg[2], ntypes, narg - 3);
+
+  model_file = arg[2];
+  std::string device = device_for_this_rank();
+  std::string failure;
+  try {
+    model.reset(new equiformer::Model(model_file, device));
+  } catch (std::exception &e) {
+    failure = e.what();
+  }
+  // all ranks read the same file; agree on failure so that error->all() cannot hang
+  int bad = failure.empty() ? 0 : 1, anybad = 0, allbad = 0;
+  MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_MAX, world);
+  MPI_Allreduce(&bad, &allbad, 1, MPI_INT, MPI_MIN, world);
+  if (allbad) error->all(FLERR, "pair equiformer: {}", failure);    // the usual case: clean exit
+  if (anybad) {
+    if (bad) error->one(FLERR, "pair equiformer: {}", failure);
+    error->all(FLERR, "pair equiformer: loading {} failed on another rank", model_file);
+  }
+
+  type2species.assign(ntypes + 1, -1);
+  type2symbol.assign(ntypes + 1, "NULL");
+  std::string known;
+  for (const auto &s : model->species_symbols()) known += " " + s;
+  for (int t = 1; t <= ntypes; t++) {
+    std::string sym = arg[2 + t];
+    type2symbol[t] = sym;
+    if (sym == "NULL") continue;
+    int k = model->species_index(sym);
+    if (k < 0)
+      error->all(FLERR, "pair_coeff: model {} has no species {} (atom type {}); it knows:{}. Map "
+                 "that type to NULL and give it another pair style (pair_style hybrid/overlay), "
+                 "or use a model trained on {}", model_file, sym, t, known, sym);
+    type2species[t] = k;
+  }
+  // as the only pair style every type needs a species (NULL is for hybrid/overlay)
+  if (force->pair_style && strcmp(force->pair_style, "equiformer") == 0)
+    for (int t = 1; t <= ntypes; t++)
+      if (type2species[t] < 0)
+        error->all(FLERR, "pair_coeff: atom type {} is NULL in pair_coeff but pair_style equiformer is the only "
+                   "pair style; map every type to a species, or use pair_style hybrid/overlay equiformer ... "
+                   "with another style for the NULL types", t);
+  int count = 0;
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) {
+      setflag[i][j] = (type2species[i] >= 0 && type2species[j] >= 0) ? 1 : 0;
+      count += setflag[i][j];
+    }
+  if (count == 0) error->all(FLERR, "pair_coeff: every atom type is NULL; map at least one type to a species");
+  logged = false;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairEquiformer::init_style()
+{
+  if (!model) error->all(FLERR, "pair equiformer: no model loaded; add pair_coeff * * MODEL.pt SYMBOL ...");
+  if (atom->tag_enable == 0) error->all(FLERR, "pair equiformer needs atom IDs (atom_modify id yes)");
+
+  std::string units = update->unit_style;
+  std::string lmp_energy;
+  if (units == "metal")
+    lmp_energy = "eV";
+  else if (units == "real")
+    lmp_energy = "kcal/mol";
+  else
+    error->all(FLERR, "pair equiformer supports units metal (eV, Angstrom) and real (kcal/mol, "
+               "Angstrom), not units {}; change the units command of the input", units);
+  length_to_model = equiformer::length_conversion("Angstrom", model->length_unit());
+  energy_to_lmp = equiformer::energy_conversion(model->energy_unit(), lmp_energy);
+  cutoff_lmp = model->cutoff() / length_to_model;
+  range_lmp = model->interaction_range() / length_to_model;
+  offset_lmp = model->energy_offset() * energy_to_lmp;
+
+  // libtorch CPU threads = LAMMPS' OpenMP threads per rank (OMP_NUM_THREADS, -pk omp N)
+  equiformer::Model::set_num_threads(comm->nthreads);
+
+  mode = mode_request;
+  if (mode == MODE_AUTO) mode = (comm->nprocs == 1) ? MODE_MAP : MODE_GHOST;
+  if (mode == MODE_MAP && comm->nprocs > 1)
+    error->all(FLERR, "pair_style equiformer mode map works on one MPI rank only ({} ranks); use "
+               "mode ghost or mode auto", comm->nprocs);
+
+  // ghost mode: every atom within num_layers x cutoff of a local atom must be a ghost, for
+  // the whole life of a neighbor list (+ skin); raise the ghost cutoff when it is shorter
+  if (mode == MODE_GHOST) {
+    if (comm->mode != Comm::SINGLE)
+      error->all(FLERR, "pair equiformer mode ghost needs comm_modify mode single (a single ghost cutoff)");
+    double need = range_lmp + neighbor->skin;
+    if (comm->cutghostuser < need) {
+      if (comm->me == 0)
+        utils::logmesg(lmp, "pair equiformer: ghost cutoff raised from {:.4g} to {:.4g} (num_layers x cutoff + skin)\n",
+                       comm->cutghostuser, need);
+      comm->cutghostuser = need;
+    }
+  }
+  ghostneigh = (mode == MODE_GHOST && model->num_layers() > 1) ? 1 : 0;
+  int flags = NeighConst::REQ_FULL;
+  if (ghostneigh) flags |= NeighConst::REQ_GHOST;
+  neighbor->add_request(this, flags);
+
+  if (comm->me == 0 && !logged) {
+    std::string map;
+    for (int t = 1; t <= atom->ntypes; t++) map += " " + type2symbol[t];
+    utils::logmesg(lmp,
+                   "pair equiformer: model {}\n"
+                   "  species:{} | type map:{}\n"
+                   "  cutoff {} {} ({:.6g} Angstrom), {} layers, interaction range {:.6g} Angstrom\n"
+                   "  model units {} / {}, LAMMPS units {} (energy x {:.12g}), dtype {}, energy offset {}\n"
+                   "  device {}, {} MPI rank(s) x {} libtorch thread(s), mode {}, newton pair {}\n",
+                   model_file,
+                   [&] { std::string s; for (auto &x : model->species_symbols()) s += " " + x; return s; }(),
+                   map, model->cutoff(), model->length_unit(), cutoff_lmp, model->num_layers(), range_lmp,
+                   model->energy_unit(), model->length_unit(), units, energy_to_lmp, model->dtype(),
+                   model->energy_offset(), model->device(), comm->nprocs, equiformer::Model::num_threads(), mode_name(mode),
+                   force->newton_pair ? "on" : "off");
+    logged = true;
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairEquiformer::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0)
+    error->all(FLERR, "pair equiformer: atom type {} or {} is NULL in pair_coeff and no other pair "
+               "style covers it; map every type to a species, or use pair_style hybrid/overlay", i, j);
+  cutghost[i][j] = cutghost[j][i] = cutoff_lmp;
+  return cutoff_lmp;
+}
+
+/* ----------------------------------------------------------------------
+   graph on one rank: nodes are the local atoms, a ghost neighbour is its owner
+   (edge vector from the ghost position: it carries the periodic shift)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::build_graph_map()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+
+  tagint maxtag = 0;
+  for (int i = 0; i < nlocal; i++) maxtag = std::max(maxtag, tag[i]);
+  tag2local.assign(maxtag + 1, -1);
+  for (int i = 0; i < nlocal; i++) tag2local[tag[i]] = i;
+
+  node_of.assign(nall, -1);
+  atom_of.clear();
+  species.clear();
+  for (int i = 0; i < nlocal; i++) {
+    int s = type2species[type[i]];
+    if (s < 0) continue;
+    node_of[i] = static_cast<int>(atom_of.size());
+    atom_of.push_back(i);
+    species.push_back(s);
+  }
+  n_local_nodes = static_cast<int64_t>(atom_of.size());
+  for (int j = nlocal; j < nall; j++) {
+    if (type2species[type[j]] < 0) continue;
+    tagint t = tag[j];
+    int owner = (t >= 0 && t <= maxtag) ? tag2local[t] : -1;
+    if (owner < 0)
+      error->one(FLERR, "pair equiformer: ghost atom ID {} has no local owner on this single rank", t);
+    node_of[j] = node_of[owner];
+  }
+}
+
+/* ----------------------------------------------------------------------
+   graph with ghost nodes: local atoms first, then ghosts (any rank count)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::build_graph_ghost()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  node_of.assign(nall, -1);
+  atom_of.clear();
+  species.clear();
+  for (int i = 0; i < nall; i++) {
+    if (i == nlocal) n_local_nodes = static_cast<int64_t>(atom_of.size());
+    int s = type2species[type[i]];
+    if (s < 0) continue;
+    node_of[i] = static_cast<int>(atom_of.size());
+    atom_of.push_back(i);
+    species.push_back(s);
+  }
+  if (nall == nlocal) n_local_nodes = static_cast<int64_t>(atom_of.size());
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairEquiformer::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  double **x = atom->x;
+
+  if (mode == MODE_MAP)
+    build_graph_map();
+  else
+    build_graph_ghost();
+
+  // edges j -> i within the cutoff; ghost centres only when messages must travel further
+  src.clear();
+  dst.clear();
+  vec.clear();
+  const double cutsq_lmp = cutoff_lmp * cutoff_lmp;
+  const int ncentres = list->inum + (ghostneigh ? list->gnum : 0);
+  for (int ii = 0; ii < ncentres; ii++) {
+    const int i = list->ilist[ii];
+    const int ni = node_of[i];
+    if (ni < 0) continue;
+    const int *jlist = list->firstneigh[i];
+    const int jnum = list->numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const int nj = node_of[j];
+      if (nj < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz >= cutsq_lmp) continue;
+      src.push_back(nj);
+      dst.push_back(ni);
+      vec.push_back(dx * length_to_model);
+      vec.push_back(dy * length_to_model);
+      vec.push_back(dz * length_to_model);
+    }
+  }
+
+  try {
+    model->compute(static_cast<int64_t>(species.size()), species.data(), static_cast<int64_t>(src.size()),
+                   src.data(), dst.data(), vec.data(), n_local_nodes, vflag_atom != 0, *result);
+  } catch (std::exception &e) {
+    error->one(FLERR, "pair equiformer: {}", e.what());
+  }
+  apply_result(*result, eflag, vflag);
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairEquiformer::apply_result(const equiformer::Result &r, int /*eflag*/, int /*vflag*/)
+{
+  const int nlocal = atom->nlocal;
+  double **f = atom->f;
+  const double fconv = energy_to_lmp * length_to_model;    // model force -> LAMMPS force
+  const double econv = energy_to_lmp;
+  const bool fold = (mode == MODE_GHOST && !force->newton_pair);
+  if (fold) ghostbuf.assign(9 * static_cast<size_t>(atom->nghost), 0.0);
+
+  // energy offset: offset / (atoms the model covers) on each of them
+  double share = 0.0;
+  if (offset_lmp != 0.0) {
+    bigint mine = n_local_nodes, total = 0;
+    MPI_Allreduce(&mine, &total, 1, MPI_LMP_BIGINT, MPI_SUM, world);
+    if (total > 0) share = offset_lmp / static_cast<double>(total);
+  }
+
+  // forces (a ghost node in map mode is its owner's node: never a ghost index here)
+  const int nnodes = static_cast<int>(atom_of.size());
+  for (int k = 0; k < nnodes; k++) {
+    const int i = atom_of[k];
+    const double *fk = &r.forces[3 * static_cast<size_t>(k)];
+    if (i < nlocal || !fold) {
+      f[i][0] += fk[0] * fconv;
+      f[i][1] += fk[1] * fconv;
+      f[i][2] += fk[2] * fconv;
+    } else {
+      double *b = &ghostbuf[9 * static_cast<size_t>(i - nlocal)];
+      b[0] += fk[0] * fconv;
+      b[1] += fk[1] * fconv;
+      b[2] += fk[2] * fconv;
+    }
+  }
+
+  if (eflag_global) eng_vdwl += r.energy * econv + share * static_cast<double>(n_local_nodes);
+  if (eflag_atom) {
+    for (int k = 0; k < n_local_nodes; k++) eatom[atom_of[k]] += r.atom_energies[k] * econv + share;
+  }
+  // LAMMPS order xx yy zz xy xz yz from the row-major 3x3 model virial
+  static const int vidx[6] = {0, 4, 8, 1, 2, 5};
+  if (vflag_global)
+    for (int c = 0; c < 6; c++) virial[c] += r.virial[vidx[c]] * econv;
+  if (vflag_atom) {
+    for (int k = 0; k < nnodes; k++) {
+      const int i = atom_of[k];
+      const double *vk = &r.atom_virial[9 * static_cast<size_t>(k)];
+      if (i < nlocal || !fold) {
+        for (int c = 0; c < 6; c++) vatom[i][c] += vk[vidx[c]] * econv;
+      } else {
+        double *b = &ghostbuf[9 * static_cast<size_t>(i - nlocal)];
+        for (int c = 0; c < 6; c++) b[3 + c] += vk[vidx[c]] * econv;
+      }
+    }
+  }
+
+  // newton off: LAMMPS does not sum ghost forces onto owners; do it here (all ranks call)
+  if (fold) {
+    fold_vatom = vflag_atom ? 1 : 0;
+    comm->reverse_comm(this);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+int PairEquiformer::pack_reverse_comm(int n, int first, double *buf)
+{
+  const int nlocal = atom->nlocal;
+  int m = 0;
+  for (int i = first; i < first + n; i++) {
+    const double *b = &ghostbuf[9 * static_cast<size_t>(i - nlocal)];
+    for (int c = 0; c < 9; c++) buf[m++] = b[c];
+  }
+  return m;
+}
+
+void PairEquiformer::unpack_reverse_comm(int n, int *list_, double *buf)
+{
+  const int nlocal = atom->nlocal;
+  double **f = atom->f;
+  int m = 0;
+  for (int k = 0; k < n; k++) {
+    const int j = list_[k];
+    if (j < nlocal) {
+      f[j][0] += buf[m];
+      f[j][1] += buf[m + 1];
+      f[j][2] += buf[m + 2];
+      if (fold_vatom)
+        for (int c = 0; c < 6; c++) vatom[j][c] += buf[m + 3 + c];
+    } else {    // a ghost that is itself sent on further (multi-hop exchange)
+      double *b = &ghostbuf[9 * static_cast<size_t>(j - nlocal)];
+      for (int c = 0; c < 9; c++) b[c] += buf[m + c];
+    }
+    m += 9;
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairEquiformer::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += sizeof(int) * (node_of.capacity() + atom_of.capacity() + tag2local.capacity());
+  bytes += sizeof(int64_t) * (species.capacity() + src.capacity() + dst.capacity());
+  bytes += sizeof(double) * (vec.capacity() + ghostbuf.capacity());
+  return bytes;
+}

