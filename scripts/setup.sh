@@ -20,7 +20,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing pinned dependencies (first run downloads about 4 GB)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.txt
-  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip install --quiet --no-deps -e .
   echo "$want" >"$stamp"
 fi
 if [ -f CMakeLists.txt ]; then
