@@ -254,13 +254,16 @@ class Equiformer(torch.nn.Module):
         if keys.SHIFTS in graph:
             vec = vec + graph[keys.SHIFTS].to(dtype)
         need_grad = compute_forces or compute_stress
-        with torch.enable_grad():
+        with torch.set_grad_enabled(need_grad or create_graph or torch.is_grad_enabled()):
             if need_grad:
                 # derivatives with respect to edge vectors give forces and virial in one pass
                 vec = vec.detach().requires_grad_(True)
             e_atoms = self.atom_energies(species, edge_index, vec)
             energy = torch.zeros(num_structures, dtype=torch.float64, device=e_atoms.device).index_add(0, batch, e_atoms)
-            out = {keys.ENERGY: energy + self.energy_offset, keys.ATOM_ENERGIES: e_atoms}
+            if create_graph:
+                out = {keys.ENERGY: energy + self.energy_offset, keys.ATOM_ENERGIES: e_atoms}
+            else:
+                out = {keys.ENERGY: (energy + self.energy_offset).detach(), keys.ATOM_ENERGIES: e_atoms.detach()}
             if need_grad:
                 if vec.shape[0] > 0:
                     (g,) = torch.autograd.grad(energy.sum(), vec, create_graph=create_graph, allow_unused=True)
@@ -269,6 +272,8 @@ class Equiformer(torch.nn.Module):
                 if g is None:
                     g = torch.zeros_like(vec)
                 g = g.to(torch.float64)
+                if not create_graph:
+                    g = g.detach()
                 if compute_forces:
                     forces = torch.zeros((species.shape[0], 3), dtype=torch.float64, device=g.device)
                     forces = forces.index_add(0, edge_index[0], -g).index_add(0, edge_index[1], g)
@@ -285,6 +290,14 @@ class Equiformer(torch.nn.Module):
                     volume = torch.where(volume > 0, volume, torch.full_like(volume, float("nan")))
                     out[keys.STRESS] = -virial / volume.view(-1, 1, 1)
         return out
+
+
+@torch.jit.unused
+def clone_model(model: Equiformer) -> Equiformer:
+    """An independent copy (``copy.deepcopy`` cannot copy e3nn's harmonics module)."""
+    copy_ = Equiformer(model.hparams).to(device=model.energy_scale.device, dtype=model.energy_dtype())
+    copy_.load_state_dict(model.state_dict())
+    return copy_.train(model.training)
 
 
 def build_model(hparams: Dict[str, object], dtype: Optional[torch.dtype] = None) -> Equiformer:

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 from openmm import app, unit  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from analytic_models import pair_reference, write_pair_model  # noqa: E402
+from analytic_models import SYMBOLS, pair_reference, write_pair_model  # noqa: E402
 
 from equiformer.export.contract import read_metadata  # noqa: E402
 from equiformer.openmm import (  # noqa: E402
@@ -106,8 +106,31 @@ def _file_case(path):
     return make
 
 
+def _equiformer_case(tmp):
+    """A real (tiny) Equiformer, checked against the project's reference: the ASE calculator."""
+    import ase
+
+    from equiformer.calculator import EquiformerCalculator
+    from equiformer.export.torchscript import export_model
+    from equiformer.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny", "species": list(SYMBOLS), "cutoff": 3.0}, dtype=torch.float64)
+    path = str(tmp / "equiformer-tiny.pt")
+    export_model(model, path, "float64")
+    calc = EquiformerCalculator(model=path)
+
+    def reference(symbols, pos, cell=None):
+        atoms = ase.Atoms(symbols, positions=pos, cell=cell, pbc=cell is not None)
+        atoms.calc = calc
+        return {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+
+    return path, reference
+
+
 MODEL_CASES = {
     "pair-A-eV": lambda tmp: _pair_case(tmp),
+    "equiformer-tiny": _equiformer_case,
 }
 if os.environ.get("EQUIFORMER_TEST_MODEL"):
     MODEL_CASES["env-model"] = _file_case(os.environ["EQUIFORMER_TEST_MODEL"])

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
                                              metadata={"source": f"official checkpoint {args.checkpoint}"}),
                             args.write_checkpoint)
         meta = export_model(model, args.output, dtype=args.dtype, device=args.device)
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"equiformer-export: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}: species {meta['species_symbols']}, cutoff {meta['cutoff']} {meta['length_unit']}, "

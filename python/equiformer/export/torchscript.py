@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..model import Equiformer
+from ..model import Equiformer, clone_model
 from .contract import EngineModel, metadata_files, save_engine_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -72,7 +72,7 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device on this machine; use --device cpu")
     torch_dtype = DTYPES[dtype]
-    model = model.to(device=device, dtype=torch_dtype).eval()
+    model = clone_model(model).to(device=device, dtype=torch_dtype).eval()  # the caller's model is not changed
     engine = EquiformerEngineModel(model)
     scripted = torch.jit.script(engine)
     species, edge_index, vectors = probe_inputs(model, torch_dtype, device)
