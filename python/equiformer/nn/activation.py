@@ -53,9 +53,9 @@ class Gate(torch.nn.Module):
         self.irreps_out = list(scalars) + list(gated)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scalars = torch.nn.functional.silu(x[:, : self.num_scalars]) * self.silu_norm
         if self.num_gates == 0:
-            return scalars
-        gates = torch.sigmoid(x[:, self.num_scalars: self.num_scalars + self.num_gates]) * self.sigmoid_norm
-        gated = x[:, self.num_scalars + self.num_gates:] * gates.index_select(1, self.gate_index)
-        return torch.cat([scalars, gated], dim=1)
+            return torch.nn.functional.silu(x) * self.silu_norm
+        scalars, gates, gated = x.split([self.num_scalars, self.num_gates, x.shape[1] - self.num_scalars - self.num_gates], 1)
+        gates = torch.sigmoid(gates) * self.sigmoid_norm
+        gated = gated * gates.index_select(1, self.gate_index)
+        return torch.cat([torch.nn.functional.silu(scalars) * self.silu_norm, gated], dim=1)

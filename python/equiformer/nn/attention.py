@@ -30,18 +30,16 @@ def heads_layout(irreps_head: Sequence[Block], num_heads: int) -> List[Tuple[int
 
 def vec_to_heads(x: torch.Tensor, layout: List[Tuple[int, int]], num_heads: int) -> torch.Tensor:
     n = x.shape[0]
-    parts = [x[:, s: s + w * num_heads].reshape(n, num_heads, w) for s, w in layout]
-    return torch.cat(parts, dim=2)
+    blocks = x.split([w * num_heads for _, w in layout], dim=1)
+    parts = [b.reshape(n, num_heads, w) for b, (_, w) in zip(blocks, layout)]
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
 def heads_to_vec(x: torch.Tensor, layout: List[Tuple[int, int]], num_heads: int) -> torch.Tensor:
     n = x.shape[0]
-    parts: List[torch.Tensor] = []
-    offset = 0
-    for _, w in layout:
-        parts.append(x[:, :, offset: offset + w].reshape(n, num_heads * w))
-        offset += w
-    return torch.cat(parts, dim=1)
+    blocks = x.split([w for _, w in layout], dim=2)
+    parts = [b.reshape(n, num_heads * w) for b, (_, w) in zip(blocks, layout)]
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
 class SeparableTP(torch.nn.Module):

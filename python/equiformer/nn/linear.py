@@ -57,8 +57,19 @@ class IrrepsLinear(torch.nn.Module):
         for in_start, mul_in, d, out_start, mul_out, w_start in paths:
             torch.nn.init.normal_(self.weight[w_start: w_start + mul_in * mul_out], std=1.0 / math.sqrt(mul_in))
         self.num_bias = seg_out[(0, 1)][1] if bias and (0, 1) in seg_out else 0
-        self.bias_start = seg_out[(0, 1)][0] if self.num_bias > 0 else 0
         self.bias = torch.nn.Parameter(torch.zeros(self.num_bias))
+        # forward plan: split the input once into type segments, one output piece per output
+        # type segment (split/cat keep the backward pass free of full-size zero buffers)
+        in_types = list(seg_in.items())
+        self.in_sizes = [mul * (2 * l + 1) for (l, _), (_, mul) in in_types]
+        in_index = {key: i for i, (key, _) in enumerate(in_types)}
+        path_of = {out_start: (mul_in, w_start) for _, mul_in, _, out_start, _, w_start in paths}
+        plan: List[Tuple[int, int, int, int, int, bool]] = []  # in segment (-1: none), mul_in, d, mul_out, w_start, bias
+        for (l, p), (out_start, mul_out) in seg_out.items():
+            mul_in, w_start = path_of.get(out_start, (0, 0))
+            seg = in_index[(l, p)] if (l, p) in in_index else -1
+            plan.append((seg, mul_in, 2 * l + 1, mul_out, w_start, (l, p) == (0, 1) and self.num_bias > 0))
+        self.plan = plan
 
     @torch.jit.unused
     def type_slice(self, l: int, p: int) -> Tuple[int, int, int]:
@@ -71,15 +82,19 @@ class IrrepsLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        out = x.new_zeros((n, self.dim_out))
-        for in_start, mul_in, d, out_start, mul_out, w_start in self.paths:
-            w = self.weight[w_start: w_start + mul_in * mul_out].view(mul_in, mul_out)
-            xi = x[:, in_start: in_start + mul_in * d]
-            if d == 1:
-                y = xi @ w
+        parts = x.split(self.in_sizes, dim=1)
+        outs: List[torch.Tensor] = []
+        for seg, mul_in, d, mul_out, w_start, has_bias in self.plan:
+            if seg < 0:
+                y = x.new_zeros((n, mul_out * d))
             else:
-                y = torch.matmul(xi.reshape(n, mul_in, d).transpose(1, 2), w).transpose(1, 2).reshape(n, mul_out * d)
-            out[:, out_start: out_start + mul_out * d] = y
-        if self.num_bias > 0:
-            out[:, self.bias_start: self.bias_start + self.num_bias] += self.bias
-        return out
+                w = self.weight[w_start: w_start + mul_in * mul_out].view(mul_in, mul_out)
+                if d == 1:
+                    y = parts[seg] @ w
+                else:
+                    xi = parts[seg].reshape(n, mul_in, d).transpose(1, 2)
+                    y = torch.matmul(xi, w).transpose(1, 2).reshape(n, mul_out * d)
+            if has_bias:
+                y = y + self.bias
+            outs.append(y)
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]

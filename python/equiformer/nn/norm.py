@@ -23,14 +23,16 @@ class EquivariantLayerNorm(torch.nn.Module):
             w += mul
             b += mul if scalar else 0
         self.layout = layout
+        self.sizes = [mul * d for _, mul, d, _, _, _ in layout]
         self.affine_weight = torch.nn.Parameter(torch.ones(w))
         self.affine_bias = torch.nn.Parameter(torch.zeros(b))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         fields: List[torch.Tensor] = []
-        for start, mul, d, scalar, w, b in self.layout:
-            field = x[:, start: start + mul * d].reshape(n, mul, d)
+        parts = x.split(self.sizes, dim=1)
+        for k, (start, mul, d, scalar, w, b) in enumerate(self.layout):
+            field = parts[k].reshape(n, mul, d)
             if scalar:
                 field = field - field.mean(dim=1, keepdim=True)
             norm = field.pow(2).mean(-1).mean(dim=1, keepdim=True)  # [n, 1]

@@ -34,18 +34,11 @@ class DepthwiseTensorProduct(torch.nn.Module):
         out_unsorted = [(irreps_in[i][0], l3, p3) for i, _, (l3, p3) in paths]
         self.irreps_out, position = sort_even_first(out_unsorted)
         self.dim_out = dim(self.irreps_out)
-        in_starts = [0]
-        for mul, l, _ in irreps_in:
-            in_starts.append(in_starts[-1] + mul * (2 * l + 1))
-        sh_starts = [0]
-        for mul, l, _ in irreps_sh:
-            sh_starts.append(sh_starts[-1] + mul * (2 * l + 1))
         self.triples: List[Tuple[int, int, int]] = []
         cg: List[torch.Tensor] = []
         cg_start = 0
-        w_start = 0
-        # in_start, mul, d1, sh_start, d2, d3, cg_start, w_start, output position
-        instructions: List[Tuple[int, int, int, int, int, int, int, int, int]] = []
+        # forward plan over the split inputs: in block, sh block, mul, d1, d2, d3, cg_start, output position
+        plan: List[Tuple[int, int, int, int, int, int, int, int]] = []
         for k, (i, j, (l3, _)) in enumerate(paths):
             mul, l1, _ = irreps_in[i]
             l2 = irreps_sh[j][1]
@@ -53,11 +46,14 @@ class DepthwiseTensorProduct(torch.nn.Module):
             # e3nn 'component' normalisation, no path normalisation: sqrt(2 l_out + 1) * 3j
             cg.append((math.sqrt(d3) * wigner_3j(l1, l2, l3)).reshape(-1))
             self.triples.append((l1, l2, l3))
-            instructions.append((in_starts[i], mul, d1, sh_starts[j], d2, d3, cg_start, w_start, position[k]))
+            plan.append((i, j, mul, d1, d2, d3, cg_start, position[k]))
             cg_start += d1 * d2 * d3
-            w_start += mul
-        self.instructions = instructions
-        self.num_paths = len(instructions)
+        self.plan = plan
+        self.in_sizes = [mul * (2 * l + 1) for mul, l, _ in irreps_in]
+        self.sh_sizes = [mul * (2 * l + 1) for mul, l, _ in irreps_sh]
+        self.w_sizes = [irreps_in[i][0] for i, _, _ in paths]
+        w_start = sum(self.w_sizes)
+        self.num_paths = len(plan)
         self.weight_numel = w_start
         # coupling coefficients, kept in float64 whatever the model dtype (see _apply)
         self.register_buffer("cg", torch.cat(cg) if cg else torch.zeros(0, dtype=torch.float64))
@@ -86,17 +82,16 @@ class DepthwiseTensorProduct(torch.nn.Module):
             w_all = self.weight.unsqueeze(0)
         else:
             w_all = weight
+        xs = x.split(self.in_sizes, dim=1)
+        ys = sh.split(self.sh_sizes, dim=1)
+        ws = w_all.split(self.w_sizes, dim=1)
         results: List[torch.Tensor] = [x] * self.num_paths
-        for in_start, mul, d1, sh_start, d2, d3, cg_start, w_start, pos in self.instructions:
+        for k, (i, j, mul, d1, d2, d3, cg_start, pos) in enumerate(self.plan):
             c = self.cg[cg_start: cg_start + d1 * d2 * d3].view(d1, d2, d3).to(x.dtype)
-            y = sh[:, sh_start: sh_start + d2]
-            x1 = x[:, in_start: in_start + mul * d1].reshape(e, mul, d1)
+            x1 = xs[i].reshape(e, mul, d1)
             if d1 == 1:
-                t = (y @ c.view(d2, d3)).unsqueeze(1)  # [E, 1, d3]
-                out = x1 * t
+                out = x1 * (ys[j] @ c.view(d2, d3)).unsqueeze(1)
             else:
-                t = torch.einsum("ej,ijk->eik", y, c)  # [E, d1, d3]
-                out = torch.bmm(x1, t)
-            out = out * w_all[:, w_start: w_start + mul].unsqueeze(-1)
-            results[pos] = out.reshape(e, mul * d3)
+                out = torch.bmm(x1, torch.einsum("ej,ijk->eik", ys[j], c))
+            results[pos] = (out * ws[k].unsqueeze(-1)).reshape(e, mul * d3)
         return torch.cat(results, dim=1)

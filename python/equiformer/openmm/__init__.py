@@ -42,3 +42,12 @@ def __getattr__(name):
         import importlib
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'equiformer.openmm' has no attribute {name!r}")
+
+# Native route: the C++ plugin EquiformerForce (openmm_plugin/, docs/openmm-plugin.md).
+# `from equiformer.openmm import EquiformerForce` loads the plugin library into OpenMM.
+_EXPORTS.update({
+    "EquiformerForce": "equiformer.openmm.native",
+    "create_native_force": "equiformer.openmm.native",
+    "load_plugin": "equiformer.openmm.native",
+})
+__all__ = sorted(_EXPORTS)

@@ -8,6 +8,8 @@ and times (median over `--steps` calls / steps, after warm-up):
   torch module   the TorchForce module called from Python (TorchScript neighbor list + model);
   torchforce     one VerletIntegrator step of a Context with the TorchForce;
   pythonforce    one step with the PythonForce (vesin + model from Python).
+  native         one step with the native plugin EquiformerForce (C++ cell list + runtime),
+                 when the plugin is built (scripts/build_cpp.sh); --routes picks routes.
 """
 
 import argparse
@@ -35,6 +37,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--platform", default="CPU")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--routes", default="torchforce,pythonforce,native",
+                        help="comma-separated OpenMM routes to time (torchforce, pythonforce, native)")
     args = parser.parse_args(argv)
 
     import torch
@@ -71,7 +75,16 @@ def main(argv=None):
     b = torch.tensor(box)
     results["torch module"] = _median_ms(lambda: module(p, b), args.steps)
 
-    for name, create in (("torchforce", create_torch_force), ("pythonforce", create_python_force)):
+    creators = {"torchforce": create_torch_force, "pythonforce": create_python_force}
+    try:
+        from equiformer.openmm.native import create_native_force
+        creators["native"] = create_native_force
+    except ImportError as exc:
+        print(f"  (native plugin not available: {exc})")
+    for name in args.routes.split(","):
+        if name not in creators:
+            continue
+        create = creators[name]
         system = openmm.System()
         for _ in symbols:
             system.addParticle(12.0)

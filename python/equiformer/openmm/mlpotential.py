@@ -92,3 +92,50 @@ class EquiformerPotentialImpl(MLPotentialImpl):
             from equiformer.openmm.pythonforce import create_python_force
             force = create_python_force(self.modelPath, topology, device=device, num_threads=num_threads, **common)
         system.addForce(force)
+
+
+# --- native route: implementation="native" (the C++ plugin EquiformerForce, docs/openmm-plugin.md)
+_IMPLEMENTATIONS = _IMPLEMENTATIONS + ("native",)
+
+
+def _check_implementation(implementation):  # noqa: F811  (adds 'native' to the choices above)
+    key = str(implementation).lower().replace("_", "").replace("-", "")
+    if key not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; use 'torchforce', 'pythonforce' or 'native'")
+    return key
+
+
+_addForces_torch_or_python = EquiformerPotentialImpl.addForces
+
+
+def _addForces(self, topology, system, atoms, forceGroup: int, **args):
+    """addForces with the native plugin: options precision, device, numThreads."""
+    options = dict(self.defaults)
+    options.update(args)
+    if _check_implementation(options.get("implementation", self.implementation)) != "native":
+        return _addForces_torch_or_python(self, topology, system, atoms, forceGroup, **args)
+    import warnings
+    from openmm import unit
+    from equiformer.openmm.native import create_native_force
+
+    options.pop("implementation", None)
+    precision = options.pop("precision", self.precision)
+    device = options.pop("device", "cpu")
+    num_threads = options.pop("numThreads", None)
+    options.pop("outputsForces", None)
+    for key in _EMBEDDING_ARGS:
+        options.pop(key, None)
+    if options:
+        warnings.warn(f"equiformer potential: ignoring unknown options {sorted(options)}", stacklevel=3)
+    periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
+    box = topology.getPeriodicBoxVectors()
+    if periodic and box is None:
+        box = system.getDefaultPeriodicBoxVectors()
+    if box is not None:
+        box = [v.value_in_unit(unit.nanometer) for v in box]
+    system.addForce(create_native_force(self.modelPath, topology, atoms=None if atoms is None else list(atoms),
+                                        periodic=periodic, box_vectors=box, precision=precision, device=device,
+                                        num_threads=num_threads, force_group=forceGroup))
+
+
+EquiformerPotentialImpl.addForces = _addForces

@@ -1,0 +1,46 @@
+// Plugin entry points: OpenMM calls registerKernelFactories() after loading the library
+// (Platform::loadPluginLibrary / loadPluginsFromDirectory). The kernel is registered for the
+// Reference and the CPU platforms, whichever are loaded at that point.
+#include "ReferenceEquiformerKernels.h"
+
+#include "openmm/KernelFactory.h"
+#include "openmm/OpenMMException.h"
+#include "openmm/Platform.h"
+
+namespace EquiformerOpenMM {
+
+namespace {
+
+class ReferenceEquiformerKernelFactory : public OpenMM::KernelFactory {
+ public:
+  explicit ReferenceEquiformerKernelFactory(bool cpu) : cpu(cpu) {}
+  OpenMM::KernelImpl *createKernelImpl(std::string name, const OpenMM::Platform &platform,
+                                       OpenMM::ContextImpl &) const override
+  {
+    if (name != CalcEquiformerForceKernel::Name())
+      throw OpenMM::OpenMMException("EquiformerForce plugin: unknown kernel '" + name + "'");
+    if (cpu) return new CpuCalcEquiformerForceKernel(name, platform);
+    return new ReferenceCalcEquiformerForceKernel(name, platform);
+  }
+
+ private:
+  bool cpu;
+};
+
+}  // namespace
+
+}  // namespace EquiformerOpenMM
+
+extern "C" EQUIFORMER_OPENMM_EXPORT void registerPlatforms() {}
+
+extern "C" EQUIFORMER_OPENMM_EXPORT void registerKernelFactories()
+{
+  using namespace EquiformerOpenMM;
+  for (int i = 0; i < OpenMM::Platform::getNumPlatforms(); ++i) {
+    OpenMM::Platform &platform = OpenMM::Platform::getPlatform(i);
+    const std::string &name = platform.getName();
+    if (name == "Reference" || name == "CPU")
+      platform.registerKernelFactory(CalcEquiformerForceKernel::Name(),
+                                     new ReferenceEquiformerKernelFactory(name == "CPU"));
+  }
+}

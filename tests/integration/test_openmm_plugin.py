@@ -1,0 +1,364 @@
+"""The native OpenMM plugin (openmm_plugin/, `equiformer.openmm.EquiformerForce`).
+
+Energies and forces are compared with the project's reference, the ASE calculator
+(`EquiformerCalculator`, its own neighbor list), on a real exported Equiformer model.
+Skipped when the plugin library is not built (scripts/build_cpp.sh).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")  # before openmm (see equiformer.openmm.common)
+openmm = pytest.importorskip("openmm")
+from openmm import app, unit  # noqa: E402
+
+pytestmark = pytest.mark.openmm
+
+try:
+    from equiformer.openmm.native import EquiformerForce, create_native_force, load_plugin
+    load_plugin()
+except ImportError as exc:  # pragma: no cover - depends on the build
+    pytest.skip(f"native OpenMM plugin not available: {exc}", allow_module_level=True)
+
+torch.set_num_threads(1)  # tiny systems on a shared 2-core machine
+
+EV = 96.48533212331002  # kJ/mol per eV
+SYMBOLS = ["O", "H", "H", "C", "H", "H", "H", "O", "C", "H"]
+Z = {"H": 1, "C": 6, "O": 8}
+CUTOFF_NM = 0.4
+TOL = 1e-8
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from equiformer.export.torchscript import export_model
+    from equiformer.model import build_model
+    torch.manual_seed(0)
+    m = build_model({"preset": "tiny", "species": ["H", "C", "O"], "cutoff": 4.0}, dtype=torch.float64)
+    path = str(tmp_path_factory.mktemp("plugin") / "model.pt")
+    export_model(m, path, "float64")
+    return path
+
+
+def ase_reference(model, symbols, pos_nm, box_nm=None):
+    """(energy kJ/mol, forces kJ/mol/nm) from the ASE calculator."""
+    from ase import Atoms
+    from equiformer.calculator import EquiformerCalculator
+    atoms = Atoms(symbols, positions=np.asarray(pos_nm) * 10.0)
+    if box_nm is not None:
+        atoms.set_cell(np.asarray(box_nm) * 10.0)
+        atoms.set_pbc(True)
+    atoms.calc = EquiformerCalculator(model=model)
+    return atoms.get_potential_energy() * EV, atoms.get_forces() * EV * 10.0
+
+
+def make_system(n, box=None, masses=None):
+    system = openmm.System()
+    for k in range(n):
+        system.addParticle(1.0 if masses is None else masses[k])
+    if box is not None:
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    return system
+
+
+def evaluate(system, pos, platform="Reference", box=None):
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-4), openmm.Platform.getPlatformByName(platform))
+    if box is not None:
+        context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    context.setPositions(pos)
+    state = context.getState(getEnergy=True, getForces=True)
+    return (state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+            state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+
+
+def assert_close(energy, forces, ref_energy, ref_forces, tol=TOL):
+    assert abs(energy - ref_energy) <= tol * abs(ref_energy), (energy, ref_energy)
+    scale = np.abs(ref_forces).max()
+    assert np.abs(forces - ref_forces).max() <= tol * scale, np.abs(forces - ref_forces).max() / scale
+
+
+def molecule(seed=1, n=len(SYMBOLS)):
+    """A compact random cluster (nm), atoms at least 0.09 nm apart."""
+    rng = np.random.default_rng(seed)
+    pos = []
+    while len(pos) < n:
+        x = rng.random(3) * 0.45
+        if all(np.linalg.norm(x - p) > 0.09 for p in pos):
+            pos.append(x)
+    return np.array(pos)
+
+
+# OpenMM reduced triclinic boxes (nm): a general one, and one whose widths lie between 1 and
+# 2 cutoffs, so that atoms interact with several images of each other and with their own
+TRICLINIC = np.array([[1.1, 0.0, 0.0], [0.35, 0.95, 0.0], [-0.3, 0.25, 0.9]])
+SMALL = np.array([[0.52, 0.0, 0.0], [0.2, 0.47, 0.0], [0.12, -0.2, 0.45]])
+
+
+def box_widths(box):
+    box = np.asarray(box)
+    v = abs(np.linalg.det(box))
+    return v / np.linalg.norm(np.cross(box[[1, 2, 0]], box[[2, 0, 1]]), axis=1)
+
+
+def periodic_positions(box, n, seed=2):
+    rng = np.random.default_rng(seed)
+    pos = []
+    while len(pos) < n:
+        x = rng.random(3) @ box + rng.integers(-1, 2, 3) @ box  # some outside the cell
+        if all(np.linalg.norm(x - p) > 0.08 for p in pos):
+            pos.append(x)
+    return np.array(pos)
+
+
+# --------------------------------------------------------------------------------------------
+# agreement with the ASE calculator
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_molecule_matches_ase(model, platform):
+    pos = molecule()
+    system = make_system(len(SYMBOLS))
+    force = EquiformerForce(model, SYMBOLS)
+    assert isinstance(force, openmm.Force) and not force.usesPeriodicBoundaryConditions()
+    system.addForce(force)
+    energy, forces = evaluate(system, pos, platform)
+    assert_close(energy, forces, *ase_reference(model, SYMBOLS, pos))
+
+
+@pytest.mark.parametrize("box", [TRICLINIC, SMALL], ids=["triclinic", "small-triclinic"])
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_triclinic_box_matches_ase(model, box, platform):
+    widths = box_widths(box)
+    assert widths.min() >= CUTOFF_NM
+    if box is SMALL:
+        assert widths.max() < 2 * CUTOFF_NM  # own images inside the cutoff
+    symbols = SYMBOLS[:8] if box is SMALL else SYMBOLS * 2
+    pos = periodic_positions(box, len(symbols))
+    system = make_system(len(symbols), box)
+    system.addForce(EquiformerForce(model, [Z[s] for s in symbols], periodic=True))
+    energy, forces = evaluate(system, pos, platform)
+    assert_close(energy, forces, *ase_reference(model, symbols, pos, box))
+
+
+def test_topology_helper_and_openmm_ml(model):
+    """create_native_force from a Topology, and openmm-ml's implementation='native'."""
+    topology = app.Topology()
+    chain = topology.addChain()
+    residue = topology.addResidue("MOL", chain)
+    for k, s in enumerate(SYMBOLS):
+        topology.addAtom(f"{s}{k}", app.Element.getBySymbol(s), residue)
+    pos = molecule()
+    ref = ase_reference(model, SYMBOLS, pos)
+    system = make_system(len(SYMBOLS))
+    force = create_native_force(model, topology)
+    assert force.getAtomicNumbers() == [Z[s] for s in SYMBOLS] and force.getParticles() == []
+    system.addForce(force)
+    assert_close(*evaluate(system, pos), *ref)
+
+    mlpotential = pytest.importorskip("openmmml")
+    potential = mlpotential.MLPotential("equiformer", modelPath=model)
+    ml_system = potential.createSystem(topology, implementation="native", removeCMMotion=False)
+    assert ml_system.getNumForces() == 1
+    assert EquiformerForce.cast(ml_system.getForce(0)).getModelFile() == os.path.abspath(model)
+    assert_close(*evaluate(ml_system, pos), *ref)
+
+
+# --------------------------------------------------------------------------------------------
+# ML/MM, serialization, dynamics
+
+
+def test_ml_subset(model):
+    """The model sees only the selected particles; the others feel no force from it."""
+    n = 14
+    rng = np.random.default_rng(5)
+    pos = np.concatenate([molecule(), rng.random((n - len(SYMBOLS), 3)) * 0.5 + 0.1])
+    ml = [0, 3, 4, 7, 8, 9, 11, 13]
+    ml_symbols = ["O", "C", "H", "O", "C", "H", "H", "C"]
+    system = make_system(n)
+    system.addForce(EquiformerForce(model, ml_symbols, particles=ml))
+    energy, forces = evaluate(system, pos)
+    ref_energy, ref_forces = ase_reference(model, ml_symbols, pos[ml])
+    assert_close(energy, forces[ml], ref_energy, ref_forces)
+    others = [k for k in range(n) if k not in ml]
+    assert np.all(forces[others] == 0.0)
+
+    # the same through the Topology helper (atoms=), with an MM force in another group
+    topology = app.Topology()
+    residue = topology.addResidue("MOL", topology.addChain())
+    elements = ["N"] * n
+    for k, s in zip(ml, ml_symbols):
+        elements[k] = s
+    for k, s in enumerate(elements):
+        topology.addAtom(f"A{k}", app.Element.getBySymbol(s), residue)
+    system = make_system(n)
+    bond = openmm.HarmonicBondForce()
+    bond.addBond(1, 2, 0.1, 1000.0)
+    system.addForce(bond)
+    system.addForce(create_native_force(model, topology, atoms=ml, force_group=3))
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-4), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(pos)
+    e3 = context.getState(getEnergy=True, groups={3}).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert abs(e3 - ref_energy) <= TOL * abs(ref_energy)
+
+
+def test_xml_round_trip(model):
+    box = TRICLINIC
+    symbols = SYMBOLS * 2
+    pos = periodic_positions(box, len(symbols))
+    system = make_system(len(symbols), box)
+    force = EquiformerForce(model, symbols, particles=list(range(len(symbols))), periodic=True,
+                            precision="double", numThreads=1)
+    force.setForceGroup(2)
+    force.setName("ml")
+    system.addForce(force)
+    xml = openmm.XmlSerializer.serialize(system)
+    assert 'type="EquiformerForce"' in xml and os.fspath(model) in xml
+    copy = openmm.XmlSerializer.deserialize(xml)
+    restored = EquiformerForce.cast(copy.getForce(0))
+    assert restored.getModelFile() == model
+    assert restored.getAtomicNumbers() == [Z[s] for s in symbols]
+    assert restored.getParticles() == list(range(len(symbols)))
+    assert restored.usesPeriodicBoundaryConditions() and restored.getPrecision() == "double"
+    assert restored.getNumThreads() == 1 and restored.getDevice() == "cpu"
+    assert restored.getForceGroup() == 2 and restored.getName() == "ml"
+    assert openmm.XmlSerializer.serialize(copy) == xml
+    e1, f1 = evaluate(system, pos)
+    e2, f2 = evaluate(copy, pos)
+    assert e1 == e2 and np.array_equal(f1, f2)
+
+
+def test_nve_energy_conservation(model):
+    """Velocity Verlet conserves a shadow Hamiltonian: the total energy fluctuates by O(dt^2)
+    without drift, *only if the forces are the exact gradient of the energy*. We check
+    (1) the fluctuation at dt is far below the kinetic energy (< 1 %), and (2) halving dt
+    divides it by ~4 (between 2.5 and 6.5): a force error (a missing image, a wrong unit, a
+    neighbour-list bug) would give a fluctuation that does not shrink as dt^2."""
+    masses = {"H": 1.008, "C": 12.011, "O": 15.999}
+    pos = molecule(seed=3)
+    spread = []
+    for dt in (0.5e-3, 0.25e-3):  # ps
+        system = make_system(len(SYMBOLS), masses=[masses[s] for s in SYMBOLS])
+        system.addForce(EquiformerForce(model, SYMBOLS))
+        integrator = openmm.VerletIntegrator(dt)
+        context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(pos)
+        context.setVelocitiesToTemperature(300.0, 1)
+        totals, kinetic = [], []
+        for _ in range(int(round(0.025 / dt))):  # 25 fs
+            integrator.step(1)
+            state = context.getState(getEnergy=True)
+            k = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+            totals.append(k + state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+            kinetic.append(k)
+        spread.append(np.ptp(totals))
+        assert spread[-1] < 0.01 * np.mean(kinetic), (dt, spread[-1], np.mean(kinetic))
+    assert 2.5 < spread[0] / spread[1] < 6.5, spread
+
+
+# --------------------------------------------------------------------------------------------
+# errors: raised when the Context is created (or by the Python helper), never a crash
+
+
+def context_error(system, platform="Reference"):
+    with pytest.raises(openmm.OpenMMException) as info:
+        openmm.Context(system, openmm.VerletIntegrator(1e-4), openmm.Platform.getPlatformByName(platform))
+    return str(info.value)
+
+
+def test_bad_model_files(model, tmp_path):
+    system = make_system(3)
+    system.addForce(EquiformerForce(str(tmp_path / "missing.pt"), ["O", "H", "H"]))
+    assert "does not exist" in context_error(system)
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    system = make_system(3)
+    system.addForce(EquiformerForce(str(junk), ["O", "H", "H"]))
+    assert "not an exported Equiformer model" in context_error(system, "CPU")
+
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plain))
+    system = make_system(3)
+    system.addForce(EquiformerForce(str(plain), ["O", "H", "H"]))
+    assert "not an exported Equiformer model" in context_error(system)
+
+    with pytest.raises(Exception, match="does not exist|No such file|not found"):
+        create_native_force(str(tmp_path / "missing.pt"), ["O", "H", "H"])
+
+
+def test_bad_settings(model):
+    system = make_system(3)
+    system.addForce(EquiformerForce(model, [8, 1, 11]))
+    message = context_error(system)
+    assert "only knows the elements H C O" in message and "atomic number 11" in message
+
+    system = make_system(3)
+    system.addForce(EquiformerForce(model, ["O", "H", "H"], precision="single"))
+    assert "exported in float64" in context_error(system)
+    with pytest.raises(openmm.OpenMMException, match="unknown precision"):
+        EquiformerForce(model, ["O", "H", "H"], precision="half")
+
+    system = make_system(3)
+    system.addForce(EquiformerForce(model, ["O", "H"]))
+    assert "2 atomic numbers given for 3 particles" in context_error(system)
+
+    system = make_system(3)
+    system.addForce(EquiformerForce(model, ["O", "H"], particles=[0, 5]))
+    assert "outside the System" in context_error(system)
+
+    with pytest.raises(ValueError, match="only knows the elements"):
+        create_native_force(model, ["O", "H", "Na"])
+    with pytest.raises(ValueError, match="precision"):
+        create_native_force(model, ["O", "H", "H"], precision="single")
+
+
+def test_box_too_small(model):
+    box = np.diag([1.0, 1.0, 0.35])  # thinner than the 0.4 nm cutoff
+    system = make_system(3, box)
+    system.addForce(EquiformerForce(model, ["O", "H", "H"], periodic=True))
+    assert "periodic box too small" in context_error(system)
+    with pytest.raises(ValueError, match="periodic box too small"):
+        create_native_force(model, ["O", "H", "H"], periodic=True, box_vectors=box)
+
+    # a box that becomes too small during the simulation: an exception, not a crash
+    system = make_system(3, np.eye(3))
+    system.addForce(EquiformerForce(model, ["O", "H", "H"], periodic=True))
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-4), openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(molecule(n=3))
+    context.getState(getEnergy=True)
+    context.setPeriodicBoxVectors(openmm.Vec3(1, 0, 0), openmm.Vec3(0, 1, 0), openmm.Vec3(0, 0, 0.3))
+    with pytest.raises(openmm.OpenMMException, match="periodic box too small"):
+        context.getState(getEnergy=True)
+
+    # exploded coordinates are reported, not crashed on
+    context.setPeriodicBoxVectors(openmm.Vec3(1, 0, 0), openmm.Vec3(0, 1, 0), openmm.Vec3(0, 0, 1))
+    context.setPositions(np.array([[0, 0, 0], [np.nan, 0, 0], [0.1, 0, 0]]))
+    with pytest.raises(openmm.OpenMMException, match="NaN|non-finite"):
+        context.getState(getEnergy=True)
+
+
+def test_openmm_ml_mixed_system(model):
+    """createMixedSystem(implementation='native') equals the PythonForce route's system."""
+    mlpotential = pytest.importorskip("openmmml")
+    if not hasattr(openmm, "PythonForce"):
+        pytest.skip("no openmm.PythonForce to compare with")
+    elements = ["O", "H", "H", "C", "O", "H"]
+    topology = app.Topology()
+    residue = topology.addResidue("MOL", topology.addChain())
+    for k, s in enumerate(elements):
+        topology.addAtom(f"A{k}", app.Element.getBySymbol(s), residue)
+    mm = make_system(len(elements), masses=[app.Element.getBySymbol(s).mass for s in elements])
+    nonbonded = openmm.NonbondedForce()
+    for k in range(len(elements)):
+        nonbonded.addParticle(0.1 * (-1) ** k, 0.3, 0.5)
+    mm.addForce(nonbonded)
+    pos = molecule(seed=4, n=len(elements))
+    potential = mlpotential.MLPotential("equiformer", modelPath=model)
+    energies = []
+    for implementation in ("native", "pythonforce"):
+        system = potential.createMixedSystem(topology, mm, [0, 1, 2], implementation=implementation)
+        energies.append(evaluate(system, pos))
+    assert abs(energies[0][0] - energies[1][0]) <= TOL * abs(energies[1][0])
+    assert np.abs(energies[0][1] - energies[1][1]).max() <= TOL * np.abs(energies[1][1]).max()
