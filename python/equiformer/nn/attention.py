@@ -140,14 +140,21 @@ class DotProductAttention(torch.nn.Module):
         num_irreps = sum(m for m, _, _ in irreps_head)
         scale: List[float] = []
         for m, l, _ in irreps_head:
-            scale.extend([1.0 / math.sqrt(num_irreps * (2 * l + 1))] * (m * (2 * l + 1)))
-        self.register_buffer("scale", torch.tensor(scale), persistent=False)
+            scale.extend([(1.0 / math.sqrt(num_irreps)) * (1.0 / math.sqrt(2 * l + 1))] * (m * (2 * l + 1)))
+        # exact constants: kept in float64 whatever the model dtype (see _apply)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64), persistent=False)
         self.proj = IrrepsLinear(heads_all, irreps_out, bias=True)
+
+    def _apply(self, fn, recurse=True):
+        keep = self.scale
+        super()._apply(fn, recurse)
+        self.scale = keep.to(device=self.scale.device, dtype=torch.float64)
+        return self
 
     def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
                 edge_basis: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        q = vec_to_heads(self.query(x), self.q_layout, self.num_heads) * self.scale
+        q = vec_to_heads(self.query(x), self.q_layout, self.num_heads) * self.scale.to(x.dtype)
         message = self.merge_src(x)[edge_src] + self.merge_dst(x)[edge_dst]
         kv = self.key_value.lin(self.key_value.dtp(message, edge_sh, self.key_value.dtp_rad(edge_basis)))
         kv = vec_to_heads(kv, self.kv_layout, 2 * self.num_heads)
