@@ -42,6 +42,8 @@ class EquiformerCalculator(Calculator):
             from .train.checkpoint import model_from_checkpoint
 
             eager = model_from_checkpoint(checkpoint, device=self.device)
+            for p in eager.parameters():  # as the exported model: derivatives w.r.t. positions only
+                p.requires_grad_(False)
             self.engine = EquiformerEngineModel(eager)
             self.species = list(eager.species_symbols)
             self.cutoff = eager.cutoff
