@@ -1,0 +1,1 @@
+"""stub package (only what Equiformer imports)"""
