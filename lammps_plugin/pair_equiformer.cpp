@@ -31,6 +31,8 @@ const char *mode_name(int mode)
       return "map (one rank: ghost atoms mapped onto their owners, ghost cutoff = model cutoff)";
     case PairEquiformer::MODE_GHOST:
       return "ghost (ghost atoms are graph nodes, ghost cutoff = num_layers x cutoff)";
+    case PairEquiformer::MODE_LAYER:
+      return "layer (node features exchanged after every layer, ghost cutoff = cutoff)";
     default:
       return "auto";
   }
@@ -42,7 +44,8 @@ const char *mode_name(int mode)
 PairEquiformer::PairEquiformer(LAMMPS *lmp) :
     Pair(lmp), device_request("auto"), mode_request(MODE_AUTO), mode(MODE_AUTO), cutoff_lmp(0.0),
     range_lmp(0.0), length_to_model(1.0), energy_to_lmp(1.0), offset_lmp(0.0), logged(false),
-    n_local_nodes(0), result(new equiformer::Result), fold_vatom(0)
+    n_local_nodes(0), result(new equiformer::Result), fold_vatom(0), comm_width(0), comm_what(COMM_FOLD),
+    max_width(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -52,7 +55,21 @@ PairEquiformer::PairEquiformer(LAMMPS *lmp) :
   centroidstressflag = CENTROID_NOTAVAIL;
   unit_convert_flag = 0;
   comm_reverse = 9;    // newton off, ghost mode: 3 force + 6 virial components per ghost
+  comm_forward = 0;    // layer mode: set in init_style to the widest node feature
 }
+
+namespace {
+// the runtime's view of the pair style's per-layer communication
+class Exchange : public equiformer::LayerExchange {
+ public:
+  explicit Exchange(PairEquiformer *pair) : pair_(pair) {}
+  void forward(double *x, int64_t n, int64_t F) override { pair_->layer_forward(x, n, F); }
+  void reverse(double *g, int64_t n, int64_t F) override { pair_->layer_reverse(g, n, F); }
+
+ private:
+  PairEquiformer *pair_;
+};
+}    // namespace
 
 PairEquiformer::~PairEquiformer()
 {
@@ -78,7 +95,7 @@ void PairEquiformer::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style equiformer [device cpu|cuda|auto] [mode auto|map|ghost]
+   pair_style equiformer [device cpu|cuda|auto] [mode auto|map|ghost|layer]
 ------------------------------------------------------------------------- */
 
 void PairEquiformer::settings(int narg, char **arg)
@@ -88,7 +105,7 @@ void PairEquiformer::settings(int narg, char **arg)
     std::string key = arg[iarg];
     if (iarg + 1 >= narg)
       error->all(FLERR, "pair_style equiformer: keyword {} needs a value; syntax: pair_style equiformer "
-                 "[device cpu|cuda|auto] [mode auto|map|ghost]", key);
+                 "[device cpu|cuda|auto] [mode auto|map|ghost|layer]", key);
     std::string value = arg[iarg + 1];
     if (key == "device") {
       if (value != "cpu" && value != "cuda" && value != "auto")
@@ -98,11 +115,12 @@ void PairEquiformer::settings(int narg, char **arg)
       if (value == "auto") mode_request = MODE_AUTO;
       else if (value == "map") mode_request = MODE_MAP;
       else if (value == "ghost") mode_request = MODE_GHOST;
+      else if (value == "layer") mode_request = MODE_LAYER;
       else
-        error->all(FLERR, "pair_style equiformer: mode must be auto, map or ghost, not {}", value);
+        error->all(FLERR, "pair_style equiformer: mode must be auto, map, ghost or layer, not {}", value);
     } else {
       error->all(FLERR, "pair_style equiformer: unknown keyword {}; syntax: pair_style equiformer "
-                 "[device cpu|cuda|auto] [mode auto|map|ghost]", key);
+                 "[device cpu|cuda|auto] [mode auto|map|ghost|layer]", key);
     }
     iarg += 2;
   }
@@ -211,17 +229,49 @@ void PairEquiformer::init_style()
   length_to_model = equiformer::length_conversion("Angstrom", model->length_unit());
   energy_to_lmp = equiformer::energy_conversion(model->energy_unit(), lmp_energy);
   cutoff_lmp = model->cutoff() / length_to_model;
-  range_lmp = model->interaction_range() / length_to_model;
+  // the receptive field: metadata interaction_range, but with the layer methods each of
+  // embed, the num_layers blocks and readout may look one cutoff further (e.g. Equiformer's
+  // edge-degree embedding and attention head): (num_layers + 2) x cutoff at most
+  double range_model = model->interaction_range();
+  if (model->has_layer_methods()) range_model = std::max(range_model, (model->num_layers() + 2) * model->cutoff());
+  range_lmp = range_model / length_to_model;
   offset_lmp = model->energy_offset() * energy_to_lmp;
 
   // libtorch CPU threads = LAMMPS' OpenMP threads per rank (OMP_NUM_THREADS, -pk omp N)
   equiformer::Model::set_num_threads(comm->nthreads);
 
   mode = mode_request;
-  if (mode == MODE_AUTO) mode = (comm->nprocs == 1) ? MODE_MAP : MODE_GHOST;
+  if (mode == MODE_AUTO) {
+    if (comm->nprocs == 1)
+      mode = MODE_MAP;
+    else
+      mode = (model->num_layers() > 1 && model->has_layer_methods()) ? MODE_LAYER : MODE_GHOST;
+  }
   if (mode == MODE_MAP && comm->nprocs > 1)
     error->all(FLERR, "pair_style equiformer mode map works on one MPI rank only ({} ranks); use "
-               "mode ghost or mode auto", comm->nprocs);
+               "mode layer, mode ghost or mode auto", comm->nprocs);
+  if (mode == MODE_LAYER && !model->has_layer_methods())
+    error->all(FLERR, "pair_style equiformer mode layer needs a model that exports embed / block / readout; "
+               "{} does not (re-export it with equiformer-export), use mode ghost or mode auto", model_file);
+
+  // layer mode: the node features cross subdomains once per layer, max_width doubles per atom
+  comm_forward = 0;
+  comm_reverse = 9;
+  max_width = 0;
+  if (mode == MODE_LAYER) {
+    std::string failure;
+    try {
+      for (int64_t w : model->layer_feature_sizes()) max_width = std::max<int>(max_width, static_cast<int>(w));
+    } catch (std::exception &e) {
+      failure = e.what();
+    }
+    if (!failure.empty()) error->all(FLERR, "pair equiformer: {}", failure);
+    comm_forward = max_width;
+    comm_reverse = std::max(9, max_width);
+  }
+  // LAMMPS sizes its reverse buffers with comm_reverse_off only under newton off, where the
+  // pair style folds ghost forces (ghost and layer modes) and features (layer mode) itself
+  comm_reverse_off = (mode == MODE_MAP) ? 0 : comm_reverse;
 
   // ghost mode: every atom within num_layers x cutoff of a local atom must be a ghost, for
   // the whole life of a neighbor list (+ skin); raise the ghost cutoff when it is shorter
@@ -231,7 +281,7 @@ void PairEquiformer::init_style()
     double need = range_lmp + neighbor->skin;
     if (comm->cutghostuser < need) {
       if (comm->me == 0)
-        utils::logmesg(lmp, "pair equiformer: ghost cutoff raised from {:.4g} to {:.4g} (num_layers x cutoff + skin)\n",
+        utils::logmesg(lmp, "pair equiformer: ghost cutoff raised from {:.4g} to {:.4g} (receptive field + skin)\n",
                        comm->cutghostuser, need);
       comm->cutghostuser = need;
     }
@@ -249,13 +299,19 @@ void PairEquiformer::init_style()
                    "  species:{} | type map:{}\n"
                    "  cutoff {} {} ({:.6g} Angstrom), {} layers, interaction range {:.6g} Angstrom\n"
                    "  model units {} / {}, LAMMPS units {} (energy x {:.12g}), dtype {}, energy offset {}\n"
-                   "  device {}, {} MPI rank(s) x {} libtorch thread(s), mode {}, newton pair {}\n",
+                   "  device {}, {} MPI rank(s) x {} libtorch thread(s), mode {}, newton pair {}\n{}",
                    model_file,
                    [&] { std::string s; for (auto &x : model->species_symbols()) s += " " + x; return s; }(),
                    map, model->cutoff(), model->length_unit(), cutoff_lmp, model->num_layers(), range_lmp,
                    model->energy_unit(), model->length_unit(), units, energy_to_lmp, model->dtype(),
                    model->energy_offset(), model->device(), comm->nprocs, equiformer::Model::num_threads(), mode_name(mode),
-                   force->newton_pair ? "on" : "off");
+                   force->newton_pair ? "on" : "off",
+                   [&] {
+                     if (mode != MODE_LAYER) return std::string();
+                     std::string w;
+                     for (auto v : model->layer_feature_sizes()) w += " " + std::to_string(v);
+                     return "  layer exchange: node features of" + w + " values per atom (embed, blocks)\n";
+                   }());
     logged = true;
   }
 }
@@ -332,6 +388,43 @@ void PairEquiformer::build_graph_ghost()
   if (nall == nlocal) n_local_nodes = static_cast<int64_t>(atom_of.size());
 }
 
+/* ----------------------------------------------------------------------
+   layer mode: local atoms first; a ghost that is an image of a local atom is mapped onto
+   it (as in map mode); other ghosts become nodes (-2 here) when an edge into a local
+   centre uses them (created in compute())
+------------------------------------------------------------------------- */
+
+void PairEquiformer::build_graph_layer()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+
+  tagint maxtag = 0;
+  for (int i = 0; i < nlocal; i++) maxtag = std::max(maxtag, tag[i]);
+  tag2local.assign(maxtag + 1, -1);
+  for (int i = 0; i < nlocal; i++) tag2local[tag[i]] = i;
+
+  node_of.assign(nall, -1);
+  atom_of.clear();
+  species.clear();
+  for (int i = 0; i < nlocal; i++) {
+    int s = type2species[type[i]];
+    if (s < 0) continue;
+    node_of[i] = static_cast<int>(atom_of.size());
+    atom_of.push_back(i);
+    species.push_back(s);
+  }
+  n_local_nodes = static_cast<int64_t>(atom_of.size());
+  for (int j = nlocal; j < nall; j++) {
+    if (type2species[type[j]] < 0) continue;
+    const tagint t = tag[j];
+    const int owner = (t >= 0 && t <= maxtag) ? tag2local[t] : -1;
+    node_of[j] = (owner >= 0) ? node_of[owner] : -2;
+  }
+}
+
 /* ---------------------------------------------------------------------- */
 
 void PairEquiformer::compute(int eflag, int vflag)
@@ -341,6 +434,8 @@ void PairEquiformer::compute(int eflag, int vflag)
 
   if (mode == MODE_MAP)
     build_graph_map();
+  else if (mode == MODE_LAYER)
+    build_graph_layer();
   else
     build_graph_ghost();
 
@@ -358,10 +453,15 @@ void PairEquiformer::compute(int eflag, int vflag)
     const int jnum = list->numneigh[i];
     for (int jj = 0; jj < jnum; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
-      const int nj = node_of[j];
-      if (nj < 0) continue;
+      int nj = node_of[j];
+      if (nj == -1) continue;
       const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
       if (dx * dx + dy * dy + dz * dz >= cutsq_lmp) continue;
+      if (nj == -2) {    // layer mode: a ghost owned by another rank becomes a node when used
+        nj = node_of[j] = static_cast<int>(atom_of.size());
+        atom_of.push_back(j);
+        species.push_back(type2species[atom->type[j]]);
+      }
       src.push_back(nj);
       dst.push_back(ni);
       vec.push_back(dx * length_to_model);
@@ -371,8 +471,14 @@ void PairEquiformer::compute(int eflag, int vflag)
   }
 
   try {
-    model->compute(static_cast<int64_t>(species.size()), species.data(), static_cast<int64_t>(src.size()),
-                   src.data(), dst.data(), vec.data(), n_local_nodes, vflag_atom != 0, *result);
+    if (mode == MODE_LAYER) {
+      Exchange exchange(this);
+      model->compute_layered(static_cast<int64_t>(species.size()), species.data(), static_cast<int64_t>(src.size()),
+                             src.data(), dst.data(), vec.data(), n_local_nodes, vflag_atom != 0, exchange, *result);
+    } else {
+      model->compute(static_cast<int64_t>(species.size()), species.data(), static_cast<int64_t>(src.size()),
+                     src.data(), dst.data(), vec.data(), n_local_nodes, vflag_atom != 0, *result);
+    }
   } catch (std::exception &e) {
     error->one(FLERR, "pair equiformer: {}", e.what());
   }
@@ -387,7 +493,7 @@ void PairEquiformer::apply_result(const equiformer::Result &r, int /*eflag*/, in
   double **f = atom->f;
   const double fconv = energy_to_lmp * length_to_model;    // model force -> LAMMPS force
   const double econv = energy_to_lmp;
-  const bool fold = (mode == MODE_GHOST && !force->newton_pair);
+  const bool fold = (mode != MODE_MAP && !force->newton_pair);
   if (fold) ghostbuf.assign(9 * static_cast<size_t>(atom->nghost), 0.0);
 
   // energy offset: offset / (atoms the model covers) on each of them
@@ -439,14 +545,83 @@ void PairEquiformer::apply_result(const equiformer::Result &r, int /*eflag*/, in
   // newton off: LAMMPS does not sum ghost forces onto owners; do it here (all ranks call)
   if (fold) {
     fold_vatom = vflag_atom ? 1 : 0;
-    comm->reverse_comm(this);
+    comm_what = COMM_FOLD;
+    comm->reverse_comm(this, 9);
   }
+}
+
+/* ----------------------------------------------------------------------
+   layer mode: node features of local nodes -> their ghost copies on every rank
+   (all ranks call this the same number of times; the runtime sees to it)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::layer_forward(double *xf, int64_t n_nodes, int64_t F)
+{
+  if (F > max_width)
+    error->one(FLERR, "pair equiformer: layer feature of width {} exceeds the {} found at init", F, max_width);
+  const size_t w = static_cast<size_t>(F);
+  const int nall = atom->nlocal + atom->nghost;
+  if (featbuf.size() < nall * w) featbuf.resize(nall * w);
+  for (int64_t k = 0; k < n_local_nodes; k++)
+    std::memcpy(&featbuf[atom_of[k] * w], &xf[k * w], w * sizeof(double));
+  comm_width = static_cast<int>(F);
+  comm->forward_comm(this, comm_width);
+  for (int64_t k = n_local_nodes; k < n_nodes; k++)
+    std::memcpy(&xf[k * w], &featbuf[atom_of[k] * w], w * sizeof(double));
+}
+
+/* ----------------------------------------------------------------------
+   layer mode, backward: gradients on ghost nodes -> added to their owners' rows
+------------------------------------------------------------------------- */
+
+void PairEquiformer::layer_reverse(double *g, int64_t n_nodes, int64_t F)
+{
+  if (F > max_width)
+    error->one(FLERR, "pair equiformer: layer feature of width {} exceeds the {} found at init", F, max_width);
+  const size_t w = static_cast<size_t>(F);
+  const int nall = atom->nlocal + atom->nghost;
+  featbuf.assign(nall * w, 0.0);
+  for (int64_t k = n_local_nodes; k < n_nodes; k++)
+    std::memcpy(&featbuf[atom_of[k] * w], &g[k * w], w * sizeof(double));
+  comm_width = static_cast<int>(F);
+  comm_what = COMM_FEATURES;
+  comm->reverse_comm(this, comm_width);
+  for (int64_t k = 0; k < n_local_nodes; k++) {
+    const double *b = &featbuf[atom_of[k] * w];
+    double *gk = &g[k * w];
+    for (size_t c = 0; c < w; c++) gk[c] += b[c];
+  }
+  std::fill(g + n_local_nodes * w, g + n_nodes * w, 0.0);
+}
+
+/* ---------------------------------------------------------------------- */
+
+int PairEquiformer::pack_forward_comm(int n, int *list_, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  const size_t w = static_cast<size_t>(comm_width);
+  int m = 0;
+  for (int k = 0; k < n; k++) {
+    std::memcpy(&buf[m], &featbuf[list_[k] * w], w * sizeof(double));
+    m += comm_width;
+  }
+  return m;
+}
+
+void PairEquiformer::unpack_forward_comm(int n, int first, double *buf)
+{
+  const size_t w = static_cast<size_t>(comm_width);
+  std::memcpy(&featbuf[first * w], buf, n * w * sizeof(double));
 }
 
 /* ---------------------------------------------------------------------- */
 
 int PairEquiformer::pack_reverse_comm(int n, int first, double *buf)
 {
+  if (comm_what == COMM_FEATURES) {
+    const size_t w = static_cast<size_t>(comm_width);
+    std::memcpy(buf, &featbuf[first * w], n * w * sizeof(double));
+    return n * comm_width;
+  }
   const int nlocal = atom->nlocal;
   int m = 0;
   for (int i = first; i < first + n; i++) {
@@ -458,6 +633,15 @@ int PairEquiformer::pack_reverse_comm(int n, int first, double *buf)
 
 void PairEquiformer::unpack_reverse_comm(int n, int *list_, double *buf)
 {
+  if (comm_what == COMM_FEATURES) {
+    const size_t w = static_cast<size_t>(comm_width);
+    for (int k = 0; k < n; k++) {
+      double *b = &featbuf[list_[k] * w];
+      const double *in = &buf[k * w];
+      for (size_t c = 0; c < w; c++) b[c] += in[c];
+    }
+    return;
+  }
   const int nlocal = atom->nlocal;
   double **f = atom->f;
   int m = 0;
@@ -484,6 +668,6 @@ double PairEquiformer::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += sizeof(int) * (node_of.capacity() + atom_of.capacity() + tag2local.capacity());
   bytes += sizeof(int64_t) * (species.capacity() + src.capacity() + dst.capacity());
-  bytes += sizeof(double) * (vec.capacity() + ghostbuf.capacity());
+  bytes += sizeof(double) * (vec.capacity() + ghostbuf.capacity() + featbuf.capacity());
   return bytes;
 }

@@ -39,18 +39,26 @@ class PairEquiformer : public Pair {
   void init_style() override;
   double init_one(int, int) override;
 
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
   int pack_reverse_comm(int, int, double *) override;
   void unpack_reverse_comm(int, int *, double *) override;
   double memory_usage() override;
 
   // how the graph is built across MPI ranks (see docs/lammps.md)
-  enum Mode { MODE_AUTO, MODE_MAP, MODE_GHOST };
+  enum Mode { MODE_AUTO, MODE_MAP, MODE_GHOST, MODE_LAYER };
+
+  // layer mode: node features of the graph (rows = graph nodes, F values each) exchanged
+  // between layers; called back by the runtime (equiformer::LayerExchange)
+  void layer_forward(double *x, int64_t n_nodes, int64_t F);
+  void layer_reverse(double *g, int64_t n_nodes, int64_t F);
 
  protected:
   void allocate();
   std::string device_for_this_rank();
   void build_graph_map();
   void build_graph_ghost();
+  void build_graph_layer();
   void apply_result(const equiformer::Result &, int eflag, int vflag);
 
   std::unique_ptr<equiformer::Model> model;
@@ -80,6 +88,13 @@ class PairEquiformer : public Pair {
   // newton off with ghost nodes: ghost forces (3) and virials (6) folded back by hand
   std::vector<double> ghostbuf;
   int fold_vatom;
+
+  // layer mode: per LAMMPS atom, comm_width values (node features or their gradients)
+  std::vector<double> featbuf;
+  int comm_width;      // values per atom of the current feature exchange
+  int comm_what;       // what pack/unpack_reverse_comm move: COMM_FOLD or COMM_FEATURES
+  int max_width;       // widest node feature of the model (comm_forward)
+  enum { COMM_FOLD, COMM_FEATURES };
 };
 
 }    // namespace LAMMPS_NS

@@ -3,6 +3,7 @@
 
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
@@ -149,6 +150,7 @@ struct Model::Impl {
   std::vector<int> numbers;
   std::string length_unit, energy_unit, dtype_name;
   bool layer_methods = false;
+  mutable std::vector<int64_t> feature_sizes;  // layer_feature_sizes(), found on first use
 };
 
 Model::Model(const std::string &path, const std::string &device) : impl_(new Impl)
@@ -246,6 +248,194 @@ int Model::species_index(const std::string &symbol) const
   for (size_t k = 0; k < impl_->symbols.size(); ++k)
     if (impl_->symbols[k] == symbol) return static_cast<int>(k);
   return -1;
+}
+
+namespace {
+
+// TorchScript errors put the interpreter banner first and the cause last
+Error evaluation_error(const std::string &path, const std::string &device, const std::exception &e)
+{
+  std::string why = trim(e.what()), first = why.substr(0, why.find('\n'));
+  std::string last = why.substr(why.find_last_of('\n') == std::string::npos ? 0 : why.find_last_of('\n') + 1);
+  return Error("model evaluation failed (" + path + " on " + device + "): " + first +
+               (last != first ? " ... " + last : std::string()));
+}
+
+}  // namespace
+
+const std::vector<int64_t> &Model::layer_feature_sizes() const
+{
+  const Impl &m = *impl_;
+  if (!m.feature_sizes.empty()) return m.feature_sizes;
+  if (!m.layer_methods)
+    throw Error("'" + m.path + "' does not export the layer methods embed / block / readout needed for per-layer "
+                "exchange; re-export it with this package's equiformer-export (or use another mode)");
+  try {
+    // two atoms of the first species, half a cutoff apart
+    torch::NoGradGuard no_grad;
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(m.device);
+    torch::Tensor species = torch::zeros({2}, i64);
+    torch::Tensor index = torch::tensor({0, 1, 1, 0}, torch::TensorOptions().dtype(torch::kInt64)).view({2, 2}).to(m.device);
+    const double h = 0.5 * m.cutoff;
+    torch::Tensor vec = torch::tensor({h, 0.0, 0.0, -h, 0.0, 0.0}, torch::TensorOptions().dtype(torch::kFloat64))
+                            .view({2, 3})
+                            .to(m.device, m.dtype);
+    std::vector<int64_t> sizes;
+    torch::Tensor x = m.module.get_method("embed")({species, index, vec}).toTensor();
+    sizes.push_back(x.numel() / 2);
+    for (int k = 0; k < m.num_layers; ++k) {
+      x = m.module.get_method("block")({static_cast<int64_t>(k), x, index, vec}).toTensor();
+      sizes.push_back(x.numel() / 2);
+    }
+    m.feature_sizes = sizes;
+  } catch (const Error &) {
+    throw;
+  } catch (const std::exception &e) {
+    throw evaluation_error(m.path, m.device_name, e);
+  }
+  return m.feature_sizes;
+}
+
+void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
+                            const int64_t *dst, const double *edge_vectors, int64_t n_local, bool want_atom_virial,
+                            LayerExchange &exchange, Result &out) const
+{
+  const Impl &m = *impl_;
+  if (n_atoms < 0 || n_edges < 0 || n_local < 0 || n_local > n_atoms)
+    throw Error("compute_layered: need 0 <= n_local <= number of atoms");
+  const int64_t nspecies = static_cast<int64_t>(m.symbols.size());
+  for (int64_t i = 0; i < n_atoms; ++i)
+    if (species[i] < 0 || species[i] >= nspecies)
+      throw Error("compute_layered: species index " + std::to_string(species[i]) + " of atom " + std::to_string(i) +
+                  " is outside 0.." + std::to_string(nspecies - 1));
+  for (int64_t e = 0; e < n_edges; ++e)
+    if (src[e] < 0 || src[e] >= n_atoms || dst[e] < 0 || dst[e] >= n_atoms)
+      throw Error("compute_layered: edge " + std::to_string(e) + " refers to an atom outside 0.." +
+                  std::to_string(n_atoms - 1));
+  const std::vector<int64_t> &width = layer_feature_sizes();
+  const int L = m.num_layers;
+
+  out.energy = 0.0;
+  out.atom_energies.assign(n_atoms, 0.0);
+  out.forces.assign(3 * n_atoms, 0.0);
+  out.virial.fill(0.0);
+  out.atom_virial.assign(want_atom_virial ? 9 * n_atoms : 0, 0.0);
+
+  // Nothing to evaluate here: still take part in every exchange (the other ranks need it).
+  if (n_local == 0) {
+    std::vector<double> buf;
+    for (int s = 0; s <= L; ++s) {
+      buf.assign(static_cast<size_t>(n_atoms * width[s]), 0.0);
+      exchange.forward(buf.data(), n_atoms, width[s]);
+    }
+    for (int s = L; s >= 0; --s) {
+      buf.assign(static_cast<size_t>(n_atoms * width[s]), 0.0);
+      exchange.reverse(buf.data(), n_atoms, width[s]);
+    }
+    return;
+  }
+
+  std::vector<double> gvec_host;
+  try {
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    torch::Tensor t_species = torch::from_blob(const_cast<int64_t *>(species), {n_atoms}, i64).to(m.device, false, true);
+    torch::Tensor t_index = torch::empty({2, n_edges}, i64);
+    if (n_edges > 0) {
+      std::copy(src, src + n_edges, t_index.data_ptr<int64_t>());
+      std::copy(dst, dst + n_edges, t_index.data_ptr<int64_t>() + n_edges);
+    }
+    t_index = t_index.to(m.device);
+    torch::Tensor t_vec =
+        torch::from_blob(const_cast<double *>(edge_vectors), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64))
+            .to(m.device, m.dtype, false, true);
+
+    torch::AutoGradMode grad_on(true);
+    t_vec.requires_grad_(true);
+    torch::jit::Method embed = m.module.get_method("embed");
+    torch::jit::Method block = m.module.get_method("block");
+    torch::jit::Method readout = m.module.get_method("readout");
+
+    // layer outputs y[s] (s = 0: embed, s = k+1: block k) and the inputs x[s] of the next
+    // call: y[s] with the non-local rows replaced by the owners' (a fresh autograd leaf)
+    std::vector<torch::Tensor> y(L + 1), x(L + 1);
+    auto check_width = [&](const torch::Tensor &t, int s) {
+      if (t.dim() < 1 || t.size(0) != n_atoms || t.numel() != n_atoms * width[s])
+        throw Error("the model's layer " + std::to_string(s) + " returned " + std::to_string(t.numel()) +
+                    " values for " + std::to_string(n_atoms) + " atoms, expected " + std::to_string(width[s]) +
+                    " per atom (as on the probe)");
+    };
+    auto exchange_forward = [&](const torch::Tensor &t, int s) {
+      check_width(t, s);
+      // always a copy: t may be saved by its own autograd graph
+      torch::Tensor h = t.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous();
+      exchange.forward(h.data_ptr<double>(), n_atoms, width[s]);
+      return h.to(m.device, t.scalar_type()).requires_grad_(true);
+    };
+    y[0] = embed({t_species, t_index, t_vec}).toTensor();
+    x[0] = exchange_forward(y[0], 0);
+    for (int k = 0; k < L; ++k) {
+      y[k + 1] = block({static_cast<int64_t>(k), x[k], t_index, t_vec}).toTensor();
+      x[k + 1] = exchange_forward(y[k + 1], k + 1);
+    }
+    torch::Tensor e_atoms = readout({t_species, x[L], t_index, t_vec}).toTensor();
+    if (e_atoms.numel() != n_atoms) throw Error("the model's readout returned outputs of an unexpected shape");
+    torch::Tensor energy = e_atoms.reshape({n_atoms}).slice(0, 0, n_local).sum();
+
+    // backward, layer by layer: d energy / d x[s] -> reverse exchange -> d energy / d y[s]
+    torch::Tensor gvec = torch::zeros({n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64).device(m.device));
+    auto backward = [&](const torch::Tensor &out_t, const torch::Tensor &grad_out, const torch::Tensor *input) {
+      if (!out_t.requires_grad()) return torch::Tensor();
+      std::vector<torch::Tensor> inputs;
+      if (input) inputs.push_back(*input);
+      inputs.push_back(t_vec);
+      std::vector<torch::Tensor> grad_outputs;
+      if (grad_out.defined()) grad_outputs.push_back(grad_out);
+      auto g = torch::autograd::grad({out_t}, inputs, grad_outputs, /*retain_graph=*/false,
+                                     /*create_graph=*/false, /*allow_unused=*/true);
+      if (g.back().defined()) gvec.add_(g.back().to(torch::kFloat64));
+      return input ? g.front() : torch::Tensor();
+    };
+    torch::Tensor g = backward(energy, torch::Tensor(), &x[L]);
+    for (int s = L; s >= 0; --s) {
+      torch::Tensor h = g.defined() ? g.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous()
+                                    : torch::zeros({n_atoms * width[s]}, torch::TensorOptions().dtype(torch::kFloat64));
+      exchange.reverse(h.data_ptr<double>(), n_atoms, width[s]);
+      torch::Tensor gy = h.to(m.device, y[s].scalar_type()).reshape(y[s].sizes());
+      g = backward(y[s], gy, s > 0 ? &x[s - 1] : nullptr);
+    }
+
+    torch::NoGradGuard no_grad;
+    out.energy = energy.detach().to(torch::kCPU, torch::kFloat64).item<double>();
+    torch::Tensor ae = e_atoms.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    std::copy(ae.data_ptr<double>(), ae.data_ptr<double>() + n_atoms, out.atom_energies.begin());
+    torch::Tensor gv = gvec.to(torch::kCPU).contiguous();
+    gvec_host.assign(gv.data_ptr<double>(), gv.data_ptr<double>() + 3 * n_edges);
+  } catch (const Error &) {
+    throw;
+  } catch (const std::exception &e) {
+    throw evaluation_error(m.path, m.device_name, e);
+  }
+
+  // r_e = x_src - x_dst: d E / d x_src = g_e, d E / d x_dst = -g_e; F = -dE/dx;
+  // virial -sum_e r_e (x) g_e, each edge term split half on its source, half on its centre
+  for (int64_t e = 0; e < n_edges; ++e) {
+    const double *ge = &gvec_host[3 * e];
+    const double *re = &edge_vectors[3 * e];
+    double *fs = &out.forces[3 * src[e]], *fd = &out.forces[3 * dst[e]];
+    for (int a = 0; a < 3; ++a) {
+      fs[a] -= ge[a];
+      fd[a] += ge[a];
+    }
+    for (int a = 0; a < 3; ++a)
+      for (int b = 0; b < 3; ++b) {
+        const double v = -re[a] * ge[b];
+        out.virial[3 * a + b] += v;
+        if (want_atom_virial) {
+          out.atom_virial[9 * src[e] + 3 * a + b] += 0.5 * v;
+          out.atom_virial[9 * dst[e] + 3 * a + b] += 0.5 * v;
+        }
+      }
+  }
 }
 
 void Model::set_num_threads(int n)

@@ -52,6 +52,11 @@ def main(outdir):
     write_pair_model(os.path.join(outdir, "pair32.pt"), dtype=torch.float32)
     write_pair_model(os.path.join(outdir, "pair_units.pt"), cutoff=0.3, length_unit="nm", energy_unit="kcal/mol",
                      energy_offset=-12.5, num_layers=2)
+    # the analytic two-layer message-passing model with embed / block / readout
+    sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+    from mp_model import write_mp_model
+
+    write_mp_model(os.path.join(outdir, "mp.pt"), cutoff=2.5, num_layers=2)
     # a TorchScript file without the format metadata
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), os.path.join(outdir, "plain_torchscript.pt"))
     # an exported-looking file of a future format version

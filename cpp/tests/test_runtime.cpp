@@ -113,6 +113,31 @@ void check_case(const equiformer::Model &model, const Case &c, double tol)
   check_close(r2.energy, r.energy, 1e-14, tag + " repeatable energy");
 }
 
+// one rank, every node local: nothing to exchange, but count the calls
+struct CountingExchange : equiformer::LayerExchange {
+  int forwards = 0, reverses = 0;
+  std::vector<int64_t> widths;
+  void forward(double *, int64_t, int64_t F) override { ++forwards; widths.push_back(F); }
+  void reverse(double *, int64_t, int64_t) override { ++reverses; }
+};
+
+// layer by layer (no ghosts) = forward(), for every output
+void check_layered(const equiformer::Model &model, const Case &c, double tol)
+{
+  const std::string tag = "layered " + c.name;
+  equiformer::Result a = model.compute(c.species, c.src, c.dst, c.vec, c.n, true), b;
+  CountingExchange ex;
+  model.compute_layered(static_cast<int64_t>(c.species.size()), c.species.data(), static_cast<int64_t>(c.src.size()),
+                        c.src.data(), c.dst.data(), c.vec.data(), c.n, true, ex, b);
+  check(ex.forwards == model.num_layers() + 1 && ex.reverses == model.num_layers() + 1, tag + " exchange calls");
+  check(ex.widths == model.layer_feature_sizes(), tag + " exchanged widths");
+  check_close(b.energy, a.energy, tol, tag + " energy");
+  for (long i = 0; i < c.n; ++i) check_close(b.atom_energies[i], a.atom_energies[i], tol, tag + " atom energy");
+  for (long k = 0; k < 3 * c.n; ++k) check_close(b.forces[k], a.forces[k], tol, tag + " forces");
+  for (int k = 0; k < 9; ++k) check_close(b.virial[k], a.virial[k], tol, tag + " virial");
+  for (long k = 0; k < 9 * c.n; ++k) check_close(b.atom_virial[k], a.atom_virial[k], tol, tag + " atom virial");
+}
+
 }  // namespace
 
 int main(int argc, char **argv)
@@ -159,6 +184,19 @@ int main(int argc, char **argv)
     check(zero, "n_local = 0 gives zero energy and forces");
     equiformer::Result rempty = m64.compute({}, {}, {}, {}, 0, true);
     check(rempty.forces.empty() && rempty.energy == 0.0, "empty system");
+
+    // layer-by-layer evaluation (per-layer exchange)
+    equiformer::Model mp(dir + "/mp.pt", "cpu");
+    check(mp.has_layer_methods(), "the message-passing model exports layer methods");
+    check((mp.layer_feature_sizes() == std::vector<int64_t>{1, 1, 1}), "layer feature sizes");
+    for (const auto &c : cases) check_layered(mp, c, 1e-12);
+    {
+      CountingExchange ex;
+      equiformer::Result r;
+      mp.compute_layered(0, nullptr, 0, nullptr, nullptr, nullptr, 0, false, ex, r);
+      check(ex.forwards == 3 && ex.reverses == 3 && r.energy == 0.0, "no atoms: still every exchange");
+    }
+    check_throws([&] { m64.layer_feature_sizes(); }, "does not export the layer methods", "layer sizes of a pair model");
 
     // unit conversions
     check_close(equiformer::energy_conversion("eV", "kcal/mol"), 23.060547830619026, 1e-15, "eV -> kcal/mol");

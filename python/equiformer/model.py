@@ -153,6 +153,9 @@ class Equiformer(torch.nn.Module):
                              bool(hp["rescale_degree"]), dot_product=hp["attention"] == "dot_product")
             for k in range(self.num_layers)
         ])
+        # message-passing hops from a neighbour to an atom's energy: the edge-degree embedding,
+        # every block, and an attention head
+        self.num_hops = self.num_layers + 1 + int(bool(hp["attention_head"]))
         self.head = EnergyHead(irreps_feature, bool(hp["attention_head"]), irreps_sh, irreps_head,
                                int(hp["num_heads"]), radial)
         self.inv_sqrt_num_atoms = 1.0 / math.sqrt(float(hp["avg_num_atoms"]))

@@ -45,7 +45,8 @@ class MessagePassing(torch.nn.Module):
         return torch.tanh(x + self.c[k] * agg)
 
     @torch.jit.export
-    def readout(self, species: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def readout(self, species: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
+                edge_vectors: torch.Tensor) -> torch.Tensor:
         return self.a[species] * x[:, 0] ** 2 + self.e0[species]
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
@@ -55,7 +56,7 @@ class MessagePassing(torch.nn.Module):
         x = self.embed(species, edge_index, edge_vectors)
         for k in range(self.num_layers):
             x = self.block(k, x, edge_index, edge_vectors)
-        atom_energies = self.readout(species, x)
+        atom_energies = self.readout(species, x, edge_index, edge_vectors)
         energy = atom_energies[:n_local].sum()
         grads = torch.autograd.grad([energy], [edge_vectors], allow_unused=True)
         grad = grads[0]

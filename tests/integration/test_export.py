@@ -162,7 +162,8 @@ def test_metadata(files, eager):
     assert meta["format_version"] == str(FORMAT_VERSION) == "1"
     assert float(meta["cutoff"]) == 5.0
     assert meta["num_layers"] == "2"
-    assert float(meta["interaction_range"]) == 10.0
+    # edge-degree embedding + 2 blocks = 3 hops of 5 Angstrom
+    assert float(meta["interaction_range"]) == 15.0
     assert meta["species_symbols"] == "H C O"
     assert meta["atomic_numbers"] == "1 6 8"
     assert meta["length_unit"] == "Angstrom" and meta["energy_unit"] == "eV"
@@ -593,3 +594,25 @@ def test_calculator_rejects_other_format_version(tmp_path, loaded):
     torch.jit.save(loaded, path, _extra_files=files)
     with pytest.raises(ValueError, match="format version 2"):
         EquiformerCalculator(model=path)
+
+
+def test_interaction_range_is_the_receptive_field(eager):
+    """An atom's energy feels a neighbour `hops` edges away, and nothing further (a chain with
+    spacing 0.9 cutoff): the metadata's interaction_range is what an engine's ghost shell needs."""
+    hops = eager.num_hops
+    spacing = 0.9 * eager.cutoff
+    species = torch.zeros(hops + 2, dtype=torch.long)
+
+    def atom0_energy(shift_last: float, n: int) -> float:
+        pos = torch.zeros((n, 3), dtype=torch.float64)
+        pos[:, 0] = spacing * torch.arange(n, dtype=torch.float64)
+        pos[-1, 1] += shift_last
+        d = torch.cdist(pos, pos)
+        centre, neighbour = torch.nonzero((d < eager.cutoff) & (d > 0), as_tuple=True)
+        vec = pos[neighbour] - pos[centre]
+        return float(eager.atom_energies(species[:n], torch.stack([neighbour, centre]), vec)[0])
+
+    # the last atom is `hops` edges from atom 0: felt
+    assert abs(atom0_energy(0.3, hops + 1) - atom0_energy(0.0, hops + 1)) > 1e-10
+    # one edge further: not felt
+    assert abs(atom0_energy(0.3, hops + 2) - atom0_energy(0.0, hops + 2)) == 0.0

@@ -58,6 +58,7 @@ class Potential:
     reference: Callable[[Sequence[str], np.ndarray, Optional[np.ndarray]], Dict[str, np.ndarray]]
     tol: float = 1e-10
     symbols: Sequence[str] = ("H", "C", "O", "Cu")  # species used for the test systems (= LAMMPS types)
+    layered: bool = False  # num_layers > 1 and embed/block/readout exported: mode layer applies
 
     def relabel(self, system: "System") -> "System":
         """The test systems use H C O Cu; map them onto this potential's species."""
@@ -89,7 +90,8 @@ REAL_MODEL = os.environ.get("EQUIFORMER_LAMMPS_TEST_MODEL")
 def _potentials(models) -> List[Potential]:
     out = [
         Potential("analytic-pair", models["pair"], 3.0, lambda s, p, c: pair_reference(s, p, c, 3.0)),
-        Potential("analytic-mp2", models["mp"], 2.5, lambda s, p, c: mp_reference(models["mp"], s, p, c, 2.5)),
+        Potential("analytic-mp2", models["mp"], 2.5, lambda s, p, c: mp_reference(models["mp"], s, p, c, 2.5),
+                  layered=True),
     ]
     if REAL_MODEL:
         from equiformer.export.contract import read_metadata
@@ -98,7 +100,8 @@ def _potentials(models) -> List[Potential]:
         out.append(Potential("exported-model", REAL_MODEL, float(meta["cutoff"]),
                              lambda s, p, c: exported_reference(REAL_MODEL, s, p, c),
                              tol=1e-4 if meta["dtype"] == "float32" else 1e-8,
-                             symbols=tuple(meta["species_symbols"].split())))
+                             symbols=tuple(meta["species_symbols"].split()),
+                             layered=int(meta["num_layers"]) > 1))
     return out
 
 
@@ -288,6 +291,12 @@ def test_small_cell_sees_own_images(tmp_path, models):
         res = parse_result(proc.stdout)[0]
         ref = pair_reference(system.symbols, system.positions, system.cell, 3.0)
         check_against_reference(tmp_path, res, parse_dump(tmp_path / "out.dump")[0], ref, system, 1e-10)
+    # two layers: the images' node features are exchanged (layer) or mapped (map)
+    ref = mp_reference(models["mp"], system.symbols, system.positions, system.cell, 2.5)
+    for np_, mode in ((1, "map"), (1, "layer"), (1, "ghost"), (2, "layer")):
+        proc = run_lammps(tmp_path, simple_input(models["mp"], types, extra_pair=f"mode {mode}"), np_=np_)
+        res = parse_result(proc.stdout)[0]
+        check_against_reference(tmp_path, res, parse_dump(tmp_path / "out.dump")[0], ref, system, 1e-10)
 
 
 def test_molecule_in_big_box(tmp_path, potential):
@@ -345,11 +354,19 @@ def test_mpi_ranks_agree(tmp_path, potential, nprocs):
     one, many = frames[1][0][-1], frames[nprocs][0][-1]
     assert np.allclose(one[:, 2:8], many[:, 2:8], rtol=0, atol=tol), "trajectories differ"
     assert abs(frames[1][1]["pe"] - frames[nprocs][1]["pe"]) < tol * max(1.0, abs(frames[1][1]["pe"]))
-    assert "mode ghost" in frames[nprocs][2]
+    assert ("mode layer" if potential.layered else "mode ghost") in frames[nprocs][2]
+    assert "mode map" in frames[1][2]
 
 
+def modes_of(potential: Potential) -> List[str]:
+    return ["ghost", "layer"] if potential.layered else ["ghost"]
+
+
+@pytest.mark.parametrize("mode", ["ghost", "layer"])
 @pytest.mark.parametrize("nprocs", [1, 2])
-def test_newton_on_and_off_agree(tmp_path, potential, nprocs):
+def test_newton_on_and_off_agree(tmp_path, potential, nprocs, mode):
+    if mode not in modes_of(potential):
+        pytest.skip(f"mode {mode} does not apply to {potential.name}")
     system = potential.relabel(triclinic_system(n=32))
     types = list(dict.fromkeys(potential.symbols))
     tol = max(1e-9, potential.tol)
@@ -358,7 +375,7 @@ def test_newton_on_and_off_agree(tmp_path, potential, nprocs):
         d = tmp_path / newton
         d.mkdir()
         write_data(str(d / "data.lmp"), system, types)
-        proc = run_lammps(d, md_input(potential.model, types, newton=newton, extra_pair="mode ghost", steps=10),
+        proc = run_lammps(d, md_input(potential.model, types, newton=newton, extra_pair=f"mode {mode}", steps=10),
                           np_=nprocs)
         out[newton] = (parse_dump(d / "out.dump"), parse_result(proc.stdout)[0])
     ref = potential.reference(system.symbols, system.positions, system.cell)
@@ -374,18 +391,157 @@ def test_newton_on_and_off_agree(tmp_path, potential, nprocs):
         assert abs(out["on"][1][f"s{k}"] - out["off"][1][f"s{k}"]) < 1e-6 * max(1.0, abs(out["on"][1][f"s{k}"]))
 
 
-def test_rank_without_atoms(tmp_path, potential):
+@pytest.mark.parametrize("mode", ["ghost", "layer"])
+def test_rank_without_atoms(tmp_path, potential, mode):
     """A molecule in one corner of a big box on 4 ranks: three ranks own no atom."""
+    if mode not in modes_of(potential):
+        pytest.skip(f"mode {mode} does not apply to {potential.name}")
     system = potential.relabel(molecule_system(box=30.0, corner=True))
     types = list(dict.fromkeys(potential.symbols))
     write_data(str(tmp_path / "data.lmp"), system, types)
-    script = simple_input(potential.model, types, pre="processors 4 1 1\n")
+    script = simple_input(potential.model, types, pre="processors 4 1 1\n", extra_pair=f"mode {mode}")
     proc = run_lammps(tmp_path, script, np_=4, timeout=60)
     res = parse_result(proc.stdout)[0]
     ref = potential.reference(system.symbols, system.positions, system.cell)
     check_against_reference(tmp_path, res, parse_dump(tmp_path / "out.dump")[0], ref, system,
                             max(1e-9, potential.tol))
     assert re.search(r"Nlocal:\s+\S+ ave\s+\d+ max\s+0 min", proc.stdout), "expected a rank with no atoms"
+
+
+def test_layer_mode_equals_ghost_and_map(tmp_path, models):
+    """Per-layer exchange against the ghost shell and the one-rank owner mapping, atom by
+    atom (energies, forces, per-atom virials), and against the brute-force reference."""
+    system = triclinic_system(n=48)
+    types = ["H", "C", "O", "Cu"]
+    ref = mp_reference(models["mp"], system.symbols, system.positions, system.cell, 2.5)
+    runs = {}
+    for np_, mode, newton in ((1, "map", "on"), (1, "layer", "off"), (2, "ghost", "on"), (2, "layer", "on"),
+                              (4, "layer", "off"), (4, "ghost", "off")):
+        d = tmp_path / f"{np_}-{mode}-{newton}"
+        d.mkdir()
+        write_data(str(d / "data.lmp"), system, types)
+        proc = run_lammps(d, simple_input(models["mp"], types, extra_pair=f"mode {mode}", newton=newton), np_=np_)
+        res, frame = parse_result(proc.stdout)[0], parse_dump(d / "out.dump")[0]
+        check_against_reference(d, res, frame, ref, system, 1e-10)
+        runs[(np_, mode, newton)] = (res, frame)
+        assert f"mode {mode}" in proc.stdout
+    base = runs[(1, "map", "on")][1]
+    for key, (res, frame) in runs.items():
+        scale = np.abs(base[:, 5:]).max(axis=0)
+        assert np.allclose(frame[:, 5:9], base[:, 5:9], rtol=0, atol=1e-10 * scale[:4].max()), key
+        if key[1] != "ghost":  # the ghost shell splits per-atom virials differently (same sums)
+            assert np.allclose(frame[:, 9:15], base[:, 9:15], rtol=0, atol=1e-10 * scale[4:].max()), key
+
+
+# ---------------------------------------------------------------------------------------
+# a real Equiformer (tiny preset, float64) against the ASE calculator
+
+
+def _cu_system(seed: int = 1) -> System:
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.1, seed=seed)
+    return System(list(atoms.get_chemical_symbols()), atoms.positions.copy(), atoms.cell.array.copy())
+
+
+def _calculator_reference(model_path: str, system: System) -> Dict[str, np.ndarray]:
+    from ase import Atoms
+
+    from equiformer.calculator import EquiformerCalculator
+
+    atoms = Atoms(system.symbols, positions=system.positions, cell=system.cell, pbc=True)
+    atoms.calc = EquiformerCalculator(model=model_path)
+    return {"energy": atoms.get_potential_energy(), "energies": atoms.get_potential_energies(),
+            "forces": atoms.get_forces(), "virial": -atoms.get_stress(voigt=False) * atoms.get_volume()}
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory) -> Dict[str, str]:
+    import torch
+
+    from equiformer.export.torchscript import export_model
+    from equiformer.model import build_model
+
+    d = tmp_path_factory.mktemp("lammps_real")
+    out = {}
+    for name, extra in (("tiny", {}), ("tiny-head", {"attention_head": True})):
+        torch.manual_seed(0)
+        model = build_model({"preset": "tiny", "species": ["Cu"], "cutoff": 4.0, **extra}, dtype=torch.float64)
+        out[name] = str(d / f"{name}.pt")
+        export_model(model, out[name], "float64")
+    return out
+
+
+_REAL_RUNS: Dict[tuple, tuple] = {}
+
+
+def _real_run(tmp_path_factory, model: str, np_: int, mode: str, newton: str, steps: int = 20):
+    """A 20-step NVE run of the copper cell (cached: the one-rank run is every test's baseline)."""
+    key = (model, np_, mode, newton, steps)
+    if key not in _REAL_RUNS:
+        d = tmp_path_factory.mktemp(f"real-{np_}-{mode}-{newton}")
+        write_data(str(d / "data.lmp"), _cu_system(), ["Cu"])
+        proc = run_lammps(d, md_input(model, ["Cu"], newton=newton, extra_pair=f"mode {mode}", steps=steps), np_=np_)
+        assert f"mode {mode}" in proc.stdout
+        _REAL_RUNS[key] = (parse_dump(d / "out.dump"), parse_result(proc.stdout)[0], d)
+    return _REAL_RUNS[key]
+
+
+def _check_real(frames, res, d, ref, baseline):
+    system = _cu_system()
+    frame0 = frames[0]
+    # step 0 against the calculator (relative 1e-8; float64 model), pe/atom and virial included
+    rel = 1e-8
+    assert abs(frame0[:, 8].sum() - ref["energy"]) <= rel * abs(ref["energy"])
+    assert np.allclose(frame0[:, 8], ref["energies"], rtol=0, atol=rel * np.abs(ref["energies"]).max())
+    assert np.allclose(frame0[:, 5:8], ref["forces"], rtol=0, atol=rel * np.abs(ref["forces"]).max())
+    # 20-step trajectory equals the one-rank run (positions, velocities not dumped: x, f, pe)
+    last, base = frames[-1], baseline[0][-1]
+    assert np.allclose(last[:, 2:5], base[:, 2:5], rtol=0, atol=1e-8)
+    assert np.allclose(last[:, 5:9], base[:, 5:9], rtol=0, atol=rel * np.abs(base[:, 5:8]).max())
+    assert abs(res["pe"] - baseline[1]["pe"]) <= rel * abs(baseline[1]["pe"])
+    assert len(frame0) == len(system.symbols)
+
+
+def _check_real_static(tmp_path, model, np_, mode, newton):
+    """Step 0 only, with the global and per-atom virial sums against the calculator."""
+    system = _cu_system()
+    write_data(str(tmp_path / "data.lmp"), system, ["Cu"])
+    proc = run_lammps(tmp_path, simple_input(model, ["Cu"], extra_pair=f"mode {mode}", newton=newton), np_=np_)
+    ref = _calculator_reference(model, system)
+    check_against_reference(tmp_path, parse_result(proc.stdout)[0], parse_dump(tmp_path / "out.dump")[0], ref,
+                            system, 1e-8)
+
+
+@pytest.mark.parametrize("nprocs,mode,newton", [(1, "map", "on"), (1, "layer", "off"), (2, "layer", "on"),
+                                                (2, "layer", "off"), (4, "layer", "on"), (4, "layer", "off")])
+def test_real_equiformer(tmp_path, tmp_path_factory, real_models, nprocs, mode, newton):
+    """The tiny preset (2 layers, cutoff 4 A) on a rattled fcc Cu cell (32 atoms, 7.2 A: with 4
+    ranks the subdomains are thinner than the cutoff): energy, per-atom energies, forces and
+    virials equal the ASE calculator's to 1e-8, and 20 NVE steps equal the one-rank run."""
+    model = real_models["tiny"]
+    ref = _calculator_reference(model, _cu_system())
+    baseline = _real_run(tmp_path_factory, model, 1, "map", "on")
+    frames, res, d = _real_run(tmp_path_factory, model, nprocs, mode, newton)
+    _check_real(frames, res, d, ref, baseline)
+    if nprocs == 2:
+        _check_real_static(tmp_path, model, nprocs, mode, newton)
+
+
+@pytest.mark.slow
+def test_real_equiformer_ghost_mode(tmp_path, real_models):
+    """Ghost mode with a real model: its shell must cover (num_layers + 2) cutoffs (the
+    edge-degree embedding and the readout also look one cutoff further); slow (big shell)."""
+    _check_real_static(tmp_path, real_models["tiny"], 2, "ghost", "off")
+
+
+def test_real_equiformer_attention_head(tmp_path, real_models):
+    """The attention-head readout uses edges: node features are exchanged before it too."""
+    for np_, mode in ((1, "map"), (2, "layer")):
+        d = tmp_path / f"{np_}{mode}"
+        d.mkdir()
+        _check_real_static(d, real_models["tiny-head"], np_, mode, "on")
 
 
 # ---------------------------------------------------------------------------------------
@@ -528,6 +684,7 @@ def _error_case(tmp_path, models, pair_style="equiformer", coeff=None, units="me
     ("units", "supports units metal"),
     ("keyword", "unknown keyword"),
     ("device", "device must be cpu, cuda or auto"),
+    ("mode", "mode must be auto, map, ghost or layer"),
     ("stars", "* *"),
 ])
 def test_bad_input_errors(tmp_path, models, case, needle):
@@ -544,6 +701,7 @@ def test_bad_input_errors(tmp_path, models, case, needle):
         "units": dict(units="lj"),
         "keyword": dict(pair_style="equiformer color blue"),
         "device": dict(pair_style="equiformer device tpu"),
+        "mode": dict(pair_style="equiformer mode shell"),
         "stars": dict(coeff=f"1 1 {m} H C O Cu"),
     }[case]
     assert needle in _error_case(tmp_path, models, **kwargs)
@@ -553,6 +711,8 @@ def test_errors_on_several_ranks_do_not_hang(tmp_path, models):
     assert "does not exist" in _error_case(tmp_path, models, coeff=f"* * {tmp_path}/nope.pt H C O Cu", np_=2)
     assert "mode map works on one MPI rank only" in _error_case(tmp_path, models, pair_style="equiformer mode map",
                                                                 np_=2)
+    assert "mode layer needs a model that exports embed" in _error_case(
+        tmp_path, models, pair_style="equiformer mode layer", np_=2)
 
 
 def test_cuda_device_without_gpu(tmp_path, models):

@@ -27,6 +27,21 @@ struct Result {
   std::vector<double> atom_virial;     // [N*9] row-major, empty unless asked for
 };
 
+// Communication between the layers of a per-layer evaluation (Model::compute_layered).
+// Rows are graph nodes, F values per row (row-major, double precision whatever the model
+// dtype); nodes 0..n_local-1 are owned here, the others are copies of atoms owned elsewhere.
+// Every rank of a decomposition must make the same sequence of calls (the runtime makes
+// them even when it has nothing to evaluate), so implementations may communicate.
+class LayerExchange {
+ public:
+  virtual ~LayerExchange() = default;
+  // Overwrite the rows of the non-local nodes of X[n_nodes*F] with their owners' rows.
+  virtual void forward(double *x, int64_t n_nodes, int64_t F) = 0;
+  // Adjoint of forward: add the rows of the non-local nodes of G[n_nodes*F] onto their
+  // owners' rows (wherever they live), then zero those rows.
+  virtual void reverse(double *g, int64_t n_nodes, int64_t F) = 0;
+};
+
 // Exported layer-by-layer methods (embed/block/readout) evaluated one call at a time.
 // Opaque handles keep libtorch out of this header.
 class Model {
@@ -68,6 +83,25 @@ class Model {
   void compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
                const int64_t *dst, const double *edge_vectors, int64_t n_local,
                bool want_atom_virial, Result &out) const;
+
+  // Widths of the node features that the layer methods produce: [embed, block 0, ...,
+  // block L-1] (F values per node; found once by evaluating them on a two-atom probe).
+  // Throws when the model lacks the layer methods.
+  const std::vector<int64_t> &layer_feature_sizes() const;
+
+  // The same outputs as compute(), evaluated layer by layer with an exchange of node
+  // features between layers (per-layer domain decomposition, docs/lammps.md):
+  //   x = embed; exchange.forward(x); for k: x = block(k, x); exchange.forward(x);
+  //   atom energies = readout(x)
+  // and the backward pass in reverse order with exchange.reverse() on the gradients of
+  // each layer's input. Only the rows of local nodes (0..n_local-1) of each layer output
+  // need to be right, so the graph needs edges into local centres only; forces and
+  // virials come from the accumulated d energy / d edge vector of all layers, with the
+  // global energy (sum over all ranks) differentiated. Calls the exchange
+  // 2 x (num_layers + 1) times, also when n_local == 0.
+  void compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
+                       const int64_t *dst, const double *edge_vectors, int64_t n_local,
+                       bool want_atom_virial, LayerExchange &exchange, Result &out) const;
 
   // libtorch's intra-op CPU threads for this process (e.g. LAMMPS' OpenMP threads per rank).
   static void set_num_threads(int n);
