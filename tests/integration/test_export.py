@@ -28,15 +28,6 @@ ATOM_REF = [-0.5, -1.5, -2.0]
 SCALE = 1.7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: one thread is several times faster on a loaded 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_model(seed=0, **hp):
     torch.manual_seed(seed)
     model = build_model({"preset": "tiny", "species": SPECIES, **hp}, dtype=torch.float64)

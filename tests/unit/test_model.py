@@ -21,15 +21,6 @@ E3 = {  # E(3): odd vectors, harmonics with '1o' labels
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: one thread is several times faster on a loaded 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_model(seed=0, dtype=torch.float64, **hp):
     torch.manual_seed(seed)
     model = build_model({"preset": "tiny", "species": SPECIES, **hp}, dtype=dtype)

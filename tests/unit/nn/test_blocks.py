@@ -25,15 +25,6 @@ DT = torch.float64
 TOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: one thread is several times faster on a loaded 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # (name, node irreps, sh irreps, head irreps, mlp irreps, E(3)?)
 VARIANTS = [
     ("se3", "8x0e+4x1e+2x2e", "1x0e+1x1e+1x2e", "4x0e+2x1e+1x2e", "16x0e+8x1e+4x2e", False),
