@@ -79,9 +79,35 @@ def models(tmp_path_factory) -> Dict[str, str]:
     }
     import torch
 
+    from equiformer.export.torchscript import export_model
+    from equiformer.model import build_model
+
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(d / "plain.pt"))
     out["plain"] = str(d / "plain.pt")
+    # a real (tiny) Equiformer over the test systems' four species
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny", "species": ["H", "C", "O", "Cu"], "cutoff": 3.0}, dtype=torch.float64)
+    out["equiformer"] = str(d / "equiformer.pt")
+    export_model(model, out["equiformer"], "float64")
     return out
+
+
+def calculator_reference(model_path: str, symbols, positions, cell) -> Dict[str, np.ndarray]:
+    """The project's reference, the ASE calculator (eV, Angstrom); virial from the stress, or
+    sum_i x_i (x) F_i for an isolated system."""
+    from ase import Atoms
+
+    from equiformer.calculator import EquiformerCalculator
+
+    atoms = Atoms(symbols, positions=positions, cell=cell, pbc=cell is not None)
+    atoms.calc = EquiformerCalculator(model=model_path)
+    forces = atoms.get_forces()
+    if cell is not None:
+        virial = -atoms.get_stress(voigt=False) * atoms.get_volume()
+    else:
+        virial = np.einsum("ia,ib->ab", atoms.positions, forces)
+    return {"energy": atoms.get_potential_energy(), "energies": atoms.get_potential_energies(),
+            "forces": forces, "virial": virial}
 
 
 REAL_MODEL = os.environ.get("EQUIFORMER_LAMMPS_TEST_MODEL")
@@ -92,6 +118,8 @@ def _potentials(models) -> List[Potential]:
         Potential("analytic-pair", models["pair"], 3.0, lambda s, p, c: pair_reference(s, p, c, 3.0)),
         Potential("analytic-mp2", models["mp"], 2.5, lambda s, p, c: mp_reference(models["mp"], s, p, c, 2.5),
                   layered=True),
+        Potential("equiformer-tiny", models["equiformer"], 3.0,
+                  lambda s, p, c: calculator_reference(models["equiformer"], s, p, c), tol=1e-8, layered=True),
     ]
     if REAL_MODEL:
         from equiformer.export.contract import read_metadata
@@ -105,7 +133,7 @@ def _potentials(models) -> List[Potential]:
     return out
 
 
-POTENTIALS = ["analytic-pair", "analytic-mp2"] + (["exported-model"] if REAL_MODEL else [])
+POTENTIALS = ["analytic-pair", "analytic-mp2", "equiformer-tiny"] + (["exported-model"] if REAL_MODEL else [])
 
 
 @pytest.fixture(params=POTENTIALS)
