@@ -49,6 +49,19 @@ class DepthwiseTensorProduct(torch.nn.Module):
             plan.append((i, j, mul, d1, d2, d3, cg_start, position[k]))
             cg_start += d1 * d2 * d3
         self.plan = plan
+        # paths sharing an input block and a harmonic degree (consecutive in `paths`) are
+        # computed together: one contraction with their stacked coefficients
+        groups: List[Tuple[int, int, int, int, int, int, int]] = []  # i, j, mul, d1, d2, first path, count
+        for k, (i, j, mul, d1, d2, _, _, _) in enumerate(plan):
+            if groups and groups[-1][0] == i and groups[-1][1] == j:
+                g = groups[-1]
+                groups[-1] = (g[0], g[1], g[2], g[3], g[4], g[5], g[6] + 1)
+            else:
+                groups.append((i, j, mul, d1, d2, k, 1))
+        self.groups = groups
+        self.path_d3 = [p[5] for p in plan]
+        self.path_cg = [p[6] for p in plan]
+        self.path_pos = [p[7] for p in plan]
         self.in_sizes = [mul * (2 * l + 1) for mul, l, _ in irreps_in]
         self.sh_sizes = [mul * (2 * l + 1) for mul, l, _ in irreps_sh]
         self.w_sizes = [irreps_in[i][0] for i, _, _ in paths]
@@ -86,12 +99,20 @@ class DepthwiseTensorProduct(torch.nn.Module):
         ys = sh.split(self.sh_sizes, dim=1)
         ws = w_all.split(self.w_sizes, dim=1)
         results: List[torch.Tensor] = [x] * self.num_paths
-        for k, (i, j, mul, d1, d2, d3, cg_start, pos) in enumerate(self.plan):
-            c = self.cg[cg_start: cg_start + d1 * d2 * d3].view(d1, d2, d3).to(x.dtype)
+        for i, j, mul, d1, d2, first, count in self.groups:
+            cs: List[torch.Tensor] = []
+            d3s: List[int] = []
+            for k in range(first, first + count):
+                d3 = self.path_d3[k]
+                cs.append(self.cg[self.path_cg[k]: self.path_cg[k] + d1 * d2 * d3].view(d1, d2, d3))
+                d3s.append(d3)
+            c = torch.cat(cs, dim=2).to(x.dtype) if count > 1 else cs[0].to(x.dtype)
             x1 = xs[i].reshape(e, mul, d1)
             if d1 == 1:
-                out = x1 * (ys[j] @ c.view(d2, d3)).unsqueeze(1)
+                out = x1 * (ys[j] @ c.view(d2, -1)).unsqueeze(1)
             else:
                 out = torch.bmm(x1, torch.einsum("ej,ijk->eik", ys[j], c))
-            results[pos] = (out * ws[k].unsqueeze(-1)).reshape(e, mul * d3)
+            pieces = out.split(d3s, dim=2) if count > 1 else [out]
+            for n_, k in enumerate(range(first, first + count)):
+                results[self.path_pos[k]] = (pieces[n_] * ws[k].unsqueeze(-1)).reshape(e, mul * d3s[n_])
         return torch.cat(results, dim=1)
