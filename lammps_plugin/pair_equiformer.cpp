@@ -328,14 +328,13 @@ double PairEquiformer::init_one(int i, int j)
 }
 
 /* ----------------------------------------------------------------------
-   graph on one rank: nodes are the local atoms, a ghost neighbour is its owner
-   (edge vector from the ghost position: it carries the periodic shift)
+   both one-cutoff graphs: local atoms of mapped types are the first nodes; tag2local
+   finds a ghost's local owner (images of local atoms). Returns the largest local tag.
 ------------------------------------------------------------------------- */
 
-void PairEquiformer::build_graph_map()
+tagint PairEquiformer::add_local_nodes()
 {
   const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
   const int *type = atom->type;
   const tagint *tag = atom->tag;
 
@@ -344,7 +343,7 @@ void PairEquiformer::build_graph_map()
   tag2local.assign(maxtag + 1, -1);
   for (int i = 0; i < nlocal; i++) tag2local[tag[i]] = i;
 
-  node_of.assign(nall, -1);
+  node_of.assign(nlocal + atom->nghost, -1);
   atom_of.clear();
   species.clear();
   for (int i = 0; i < nlocal; i++) {
@@ -355,6 +354,21 @@ void PairEquiformer::build_graph_map()
     species.push_back(s);
   }
   n_local_nodes = static_cast<int64_t>(atom_of.size());
+  return maxtag;
+}
+
+/* ----------------------------------------------------------------------
+   graph on one rank: nodes are the local atoms, a ghost neighbour is its owner
+   (edge vector from the ghost position: it carries the periodic shift)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::build_graph_map()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+  const tagint maxtag = add_local_nodes();
   for (int j = nlocal; j < nall; j++) {
     if (type2species[type[j]] < 0) continue;
     tagint t = tag[j];
@@ -400,23 +414,7 @@ void PairEquiformer::build_graph_layer()
   const int nall = nlocal + atom->nghost;
   const int *type = atom->type;
   const tagint *tag = atom->tag;
-
-  tagint maxtag = 0;
-  for (int i = 0; i < nlocal; i++) maxtag = std::max(maxtag, tag[i]);
-  tag2local.assign(maxtag + 1, -1);
-  for (int i = 0; i < nlocal; i++) tag2local[tag[i]] = i;
-
-  node_of.assign(nall, -1);
-  atom_of.clear();
-  species.clear();
-  for (int i = 0; i < nlocal; i++) {
-    int s = type2species[type[i]];
-    if (s < 0) continue;
-    node_of[i] = static_cast<int>(atom_of.size());
-    atom_of.push_back(i);
-    species.push_back(s);
-  }
-  n_local_nodes = static_cast<int64_t>(atom_of.size());
+  const tagint maxtag = add_local_nodes();
   for (int j = nlocal; j < nall; j++) {
     if (type2species[type[j]] < 0) continue;
     const tagint t = tag[j];

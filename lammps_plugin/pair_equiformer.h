@@ -59,6 +59,7 @@ class PairEquiformer : public Pair {
   void build_graph_map();
   void build_graph_ghost();
   void build_graph_layer();
+  tagint add_local_nodes();
   void apply_result(const equiformer::Result &, int eflag, int vflag);
 
   std::unique_ptr<equiformer::Model> model;
