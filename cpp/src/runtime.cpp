@@ -296,22 +296,29 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
   return m.feature_sizes;
 }
 
+// the same input checks for every entry point; `what` names the caller in messages
+static void check_inputs(const char *what, int64_t nspecies, int64_t n_atoms, const int64_t *species,
+                         int64_t n_edges, const int64_t *src, const int64_t *dst, int64_t n_local)
+{
+  const std::string name(what);
+  if (n_atoms < 0 || n_edges < 0 || n_local < 0 || n_local > n_atoms)
+    throw Error(name + ": need 0 <= n_local <= number of atoms");
+  for (int64_t i = 0; i < n_atoms; ++i)
+    if (species[i] < 0 || species[i] >= nspecies)
+      throw Error(name + ": species index " + std::to_string(species[i]) + " of atom " + std::to_string(i) +
+                  " is outside 0.." + std::to_string(nspecies - 1));
+  for (int64_t e = 0; e < n_edges; ++e)
+    if (src[e] < 0 || src[e] >= n_atoms || dst[e] < 0 || dst[e] >= n_atoms)
+      throw Error(name + ": edge " + std::to_string(e) + " refers to an atom outside 0.." +
+                  std::to_string(n_atoms - 1));
+}
+
 void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
                             const int64_t *dst, const double *edge_vectors, int64_t n_local, bool want_atom_virial,
                             LayerExchange &exchange, Result &out) const
 {
   const Impl &m = *impl_;
-  if (n_atoms < 0 || n_edges < 0 || n_local < 0 || n_local > n_atoms)
-    throw Error("compute_layered: need 0 <= n_local <= number of atoms");
-  const int64_t nspecies = static_cast<int64_t>(m.symbols.size());
-  for (int64_t i = 0; i < n_atoms; ++i)
-    if (species[i] < 0 || species[i] >= nspecies)
-      throw Error("compute_layered: species index " + std::to_string(species[i]) + " of atom " + std::to_string(i) +
-                  " is outside 0.." + std::to_string(nspecies - 1));
-  for (int64_t e = 0; e < n_edges; ++e)
-    if (src[e] < 0 || src[e] >= n_atoms || dst[e] < 0 || dst[e] >= n_atoms)
-      throw Error("compute_layered: edge " + std::to_string(e) + " refers to an atom outside 0.." +
-                  std::to_string(n_atoms - 1));
+  check_inputs("compute_layered", static_cast<int64_t>(m.symbols.size()), n_atoms, species, n_edges, src, dst, n_local);
   const std::vector<int64_t> &width = layer_feature_sizes();
   const int L = m.num_layers;
 
@@ -464,17 +471,7 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
                     Result &out) const
 {
   const Impl &m = *impl_;
-  if (n_atoms < 0 || n_edges < 0 || n_local < 0 || n_local > n_atoms)
-    throw Error("compute: need 0 <= n_local <= number of atoms");
-  const int64_t nspecies = static_cast<int64_t>(m.symbols.size());
-  for (int64_t i = 0; i < n_atoms; ++i)
-    if (species[i] < 0 || species[i] >= nspecies)
-      throw Error("compute: species index " + std::to_string(species[i]) + " of atom " + std::to_string(i) +
-                  " is outside 0.." + std::to_string(nspecies - 1));
-  for (int64_t e = 0; e < n_edges; ++e)
-    if (src[e] < 0 || src[e] >= n_atoms || dst[e] < 0 || dst[e] >= n_atoms)
-      throw Error("compute: edge " + std::to_string(e) + " refers to an atom outside 0.." +
-                  std::to_string(n_atoms - 1));
+  check_inputs("compute", static_cast<int64_t>(m.symbols.size()), n_atoms, species, n_edges, src, dst, n_local);
 
   out.energy = 0.0;
   out.atom_energies.assign(n_atoms, 0.0);
