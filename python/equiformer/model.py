@@ -8,7 +8,7 @@ are derivatives of the energy with respect to the edge vectors.
 
 import copy
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from ase.data import atomic_numbers, chemical_symbols
@@ -16,6 +16,7 @@ from e3nn import o3
 
 from .data import keys
 from .nn.block import TransformerBlock
+from .nn.edge_frame import EdgeFrame
 from .nn.embedding import AtomEmbedding, EdgeDegreeEmbedding
 from .nn.irreps import blocks, check_sorted
 from .nn.radial import BesselBasis, ExpNormalBasis, GaussianBasis, cosine_cutoff
@@ -158,6 +159,10 @@ class Equiformer(torch.nn.Module):
         self.num_hops = self.num_layers + 1 + int(bool(hp["attention_head"]))
         self.head = EnergyHead(irreps_feature, bool(hp["attention_head"]), irreps_sh, irreps_head,
                                int(hp["num_heads"]), radial)
+        # attention computes in edge-aligned frames (nn/edge_frame.py): the same function as the
+        # SO(3) products, faster; `use_edge_frames(False)` selects the reference path
+        self.frame = EdgeFrame(max(l for _, l, _ in irreps_node + irreps_feature + irreps_head))
+        self.edge_frames = True
         self.inv_sqrt_num_atoms = 1.0 / math.sqrt(float(hp["avg_num_atoms"]))
         # physical scale: e_i = out_i * energy_scale / sqrt(avg_num_atoms) + atom_ref[species_i]
         self.register_buffer("energy_scale", torch.ones((), dtype=torch.float64))
@@ -191,8 +196,14 @@ class Equiformer(torch.nn.Module):
         return [atomic_numbers[s] for s in self.species_symbols]
 
     # ---------------------------------------------------------------- layer by layer
+    @torch.jit.unused
+    def use_edge_frames(self, enabled: bool) -> None:
+        """Edge-frame (fast, default) or reference SO(3) tensor products; same function."""
+        self.edge_frames = bool(enabled)
+
     def edge_features(self, edge_vectors: torch.Tensor):
-        """Harmonics, radial basis and the cutoff weight (envelope or 0/1 mask) of each edge."""
+        """Harmonics, radial basis, cutoff weight (envelope or 0/1 mask) and frame rotations
+        (Wigner D per degree; empty on the reference path) of each edge."""
         r = torch.linalg.vector_norm(edge_vectors, dim=1)
         sh = self.sh(edge_vectors)
         basis = self.rbf(r)
@@ -200,27 +211,28 @@ class Equiformer(torch.nn.Module):
             weight = cosine_cutoff(r, self.cutoff)
         else:
             weight = (r < self.cutoff).to(edge_vectors.dtype)
-        return sh, basis, weight
+        frames: List[torch.Tensor] = self.frame(edge_vectors) if self.edge_frames else []
+        return sh, basis, weight, frames
 
     @torch.jit.export
     def embed(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        sh, basis, weight = self.edge_features(edge_vectors)
+        sh, basis, weight, _ = self.edge_features(edge_vectors)
         x = self.atom_embed(species)
         return x + self.edge_deg_embed(species.shape[0], edge_index[1], sh, basis, weight)
 
     @torch.jit.export
     def block(self, k: int, x: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        sh, basis, weight = self.edge_features(edge_vectors)
+        sh, basis, weight, frames = self.edge_features(edge_vectors)
         for i, blk in enumerate(self.blocks):
             if i == k:
-                return blk(x, edge_index[0], edge_index[1], sh, basis, weight)
+                return blk(x, edge_index[0], edge_index[1], sh, basis, weight, frames)
         raise IndexError("block index out of range")
 
     @torch.jit.export
     def readout(self, species: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
                 edge_vectors: torch.Tensor) -> torch.Tensor:
-        sh, basis, weight = self.edge_features(edge_vectors)
-        return self._energies(species, self.head(x, edge_index[0], edge_index[1], sh, basis, weight))
+        sh, basis, weight, frames = self.edge_features(edge_vectors)
+        return self._energies(species, self.head(x, edge_index[0], edge_index[1], sh, basis, weight, frames))
 
     def _energies(self, species: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         out = out.to(torch.float64)
@@ -232,11 +244,55 @@ class Equiformer(torch.nn.Module):
         """Per-atom energies [N] in float64 (without the per-structure `energy_offset`)."""
         edge_vectors = edge_vectors.to(self.energy_dtype())
         src, dst = edge_index[0], edge_index[1]
-        sh, basis, weight = self.edge_features(edge_vectors)
+        sh, basis, weight, frames = self.edge_features(edge_vectors)
         x = self.atom_embed(species) + self.edge_deg_embed(species.shape[0], dst, sh, basis, weight)
         for blk in self.blocks:
-            x = blk(x, src, dst, sh, basis, weight)
-        return self._energies(species, self.head(x, src, dst, sh, basis, weight))
+            x = blk(x, src, dst, sh, basis, weight, frames)
+        return self._energies(species, self.head(x, src, dst, sh, basis, weight, frames))
+
+    @torch.jit.export
+    def energies_and_gradient(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                              n_local: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies [N] (float64) and the gradient of the first ``n_local`` atoms'
+        energy with respect to the edge vectors, with the memory of one layer: the forward pass
+        keeps only node features between layers, and the backward sweep recomputes each layer
+        (about one extra forward pass of time, peak memory that no longer grows with depth)."""
+        vec = edge_vectors.detach().to(self.energy_dtype())
+        src, dst = edge_index[0], edge_index[1]
+        xs: List[torch.Tensor] = []
+        with torch.no_grad():
+            sh, basis, weight, frames = self.edge_features(vec)
+            x = self.atom_embed(species) + self.edge_deg_embed(species.shape[0], dst, sh, basis, weight)
+            for blk in self.blocks:
+                xs.append(x)
+                x = blk(x, src, dst, sh, basis, weight, frames)
+        v = vec.clone().requires_grad_(True)
+        x = x.requires_grad_(True)
+        e_atoms = self.readout(species, x, edge_index, v)
+        grads = torch.autograd.grad([e_atoms[:n_local].sum()], [x, v], allow_unused=True)
+        grad_x = grads[0]
+        grad = torch.zeros_like(vec)
+        g = grads[1]
+        if g is not None:
+            grad = grad + g
+        for k in range(len(xs) - 1, -1, -1):
+            if grad_x is None:
+                break
+            v = vec.clone().requires_grad_(True)
+            x = xs[k].requires_grad_(True)
+            seed: List[Optional[torch.Tensor]] = [grad_x]
+            grads = torch.autograd.grad([self.block(k, x, edge_index, v)], [x, v], seed, allow_unused=True)
+            grad_x = grads[0]
+            g = grads[1]
+            if g is not None:
+                grad = grad + g
+        if grad_x is not None:
+            v = vec.clone().requires_grad_(True)
+            seed: List[Optional[torch.Tensor]] = [grad_x]
+            g = torch.autograd.grad([self.embed(species, edge_index, v)], [v], seed, allow_unused=True)[0]
+            if g is not None:
+                grad = grad + g
+        return e_atoms.detach(), grad
 
     def energy_dtype(self) -> torch.dtype:
         return self.atom_embed.weight.dtype

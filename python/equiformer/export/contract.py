@@ -73,6 +73,12 @@ class EngineModel(torch.nn.Module):
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
     ) -> Dict[str, torch.Tensor]:
+        return self.single_pass(species, edge_index, edge_vectors, n_local)
+
+    def single_pass(
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
+    ) -> Dict[str, torch.Tensor]:
+        """Energies, then their gradient by one autograd pass through the whole model."""
         num_atoms = species.shape[0]
         edge_vectors = edge_vectors.detach().requires_grad_(True)
         atom_energies = self.model.atom_energies(species, edge_index, edge_vectors)

@@ -7,15 +7,38 @@ import torch
 
 from .. import __version__
 from ..model import Equiformer, clone_model
-from .contract import EngineModel, metadata_files, save_engine_model
+from .contract import EngineModel, edge_gradients_to_outputs, metadata_files, save_engine_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # how closely the scripted model must reproduce the eager one on the probe before writing
 PROBE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
+# default memory for one autograd pass over all layers; beyond it the engine recomputes layer by layer
+SINGLE_PASS_MEMORY = 2 * 1024 ** 3
+
+
 class EquiformerEngineModel(EngineModel):
-    """The contract's forward plus the layer-by-layer methods used for per-layer exchange."""
+    """The contract's forward plus the layer-by-layer methods used for per-layer exchange.
+
+    Graphs with more than ``layerwise_edges`` edges take the model's layer-by-layer gradient
+    (`Equiformer.energies_and_gradient`): the same numbers with the memory of one layer, for
+    about one extra forward pass of time. -1: never.
+    """
+
+    def __init__(self, model: Equiformer, layerwise_edges: int = -1):
+        super().__init__(model)
+        self.layerwise_edges = int(layerwise_edges)
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                n_local: int) -> Dict[str, torch.Tensor]:
+        if self.layerwise_edges < 0 or edge_vectors.shape[0] <= self.layerwise_edges:
+            return self.single_pass(species, edge_index, edge_vectors, n_local)
+        atom_energies, grad = self.model.energies_and_gradient(species, edge_index, edge_vectors, n_local)
+        out = edge_gradients_to_outputs(edge_index, edge_vectors, grad, species.shape[0])
+        out["energy"] = atom_energies[:n_local].sum()
+        out["atom_energies"] = atom_energies
+        return out
 
     @torch.jit.export
     def embed(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
@@ -63,8 +86,44 @@ def probe_inputs(model: Equiformer, dtype: torch.dtype, device: str):
     return species.to(device), edge_index.to(device), vectors.to(device)
 
 
-def export_model(model: Equiformer, path: str, dtype: str = "float64", device: str = "cpu") -> Dict[str, str]:
-    """Script, check against eager on a probe structure, and write atomically. Returns the metadata."""
+def random_cluster(model: Equiformer, n: int, dtype: torch.dtype, device: str):
+    """n atoms at condensed-matter density (about 30 neighbours within a 5 A cutoff)."""
+    rng = np.random.default_rng(n)
+    side = (n * 12.0) ** (1.0 / 3.0) * model.cutoff / 5.0
+    pos = torch.tensor(rng.uniform(0, side, size=(n, 3)), dtype=torch.float64)
+    d = torch.cdist(pos, pos)
+    centre, neighbour = torch.nonzero((d < model.cutoff) & (d > 0), as_tuple=True)
+    species = torch.arange(n) % len(model.species_symbols)
+    vectors = (pos[neighbour] - pos[centre]).to(dtype)
+    return species.to(device), torch.stack([neighbour, centre]).to(device), vectors.to(device)
+
+
+def graph_bytes_per_edge(model: Equiformer, dtype: torch.dtype, device: str) -> float:
+    """Bytes that one autograd pass keeps per edge (slope between two cluster sizes, so that
+    per-atom storage does not count): what the single-pass memory grows by with each edge."""
+    sizes = []
+    for n in (16, 32):
+        species, edge_index, vectors = random_cluster(model, n, dtype, device)
+        storages: Dict[int, int] = {}
+
+        def keep(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            model.atom_energies(species, edge_index, vectors.detach().requires_grad_(True))
+        sizes.append((edge_index.shape[1], sum(storages.values())))
+    (e1, b1), (e2, b2) = sizes
+    return max(1.0, (b2 - b1) / max(1, e2 - e1))
+
+
+def export_model(model: Equiformer, path: str, dtype: str = "float64", device: str = "cpu",
+                 layerwise_edges: Optional[int] = None) -> Dict[str, str]:
+    """Script, check against eager on a probe structure, and write atomically. Returns the metadata.
+
+    ``layerwise_edges``: graphs with more edges are evaluated layer by layer (see
+    EquiformerEngineModel); default: where one autograd pass would keep more than
+    SINGLE_PASS_MEMORY bytes; -1: never."""
     if dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; choose float32 or float64")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -77,19 +136,25 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
     # keep far fewer intermediates (about 3x less peak memory for an energy+forces call)
     for p in model.parameters():
         p.requires_grad_(False)
+    if layerwise_edges is None:
+        layerwise_edges = int(SINGLE_PASS_MEMORY / graph_bytes_per_edge(model, torch_dtype, device))
     engine = EquiformerEngineModel(model)
     scripted = torch.jit.script(engine)
     species, edge_index, vectors = probe_inputs(model, torch_dtype, device)
     n = int(species.shape[0])
     ref = engine(species, edge_index, vectors, n)
-    got = scripted(species, edge_index, vectors, n)
     tol = PROBE_TOLERANCE[torch_dtype]
-    for key in ("energy", "forces", "virial"):
-        scale = max(1.0, float(ref[key].abs().max()))
-        err = float((ref[key] - got[key]).abs().max())
-        if not err <= tol * scale:
-            raise RuntimeError(f"the scripted model's {key} differs from the eager model's by {err:.3g} "
-                               f"(tolerance {tol * scale:.3g}); nothing was written")
+    # both routes of the scripted forward must reproduce the eager model
+    for route, threshold in (("single-pass", -1), ("layer-by-layer", 0)):
+        scripted.layerwise_edges = threshold
+        got = scripted(species, edge_index, vectors, n)
+        for key in ("energy", "forces", "virial"):
+            scale = max(1.0, float(ref[key].abs().max()))
+            err = float((ref[key] - got[key]).abs().max())
+            if not err <= tol * scale:
+                raise RuntimeError(f"the scripted model's {key} ({route}) differs from the eager model's by {err:.3g} "
+                                   f"(tolerance {tol * scale:.3g}); nothing was written")
+    scripted.layerwise_edges = int(layerwise_edges)
     metadata = metadata_of(model, torch_dtype, device)
     save_engine_model(scripted, path, metadata)
     return metadata_files(metadata)

@@ -5,7 +5,7 @@ from typing import List, Sequence
 
 import torch
 
-from .irreps import Block, dim
+from .irreps import Block, dim, simplify
 
 SILU_NORM = 1.6791767923989418
 SIGMOID_NORM = 1.8467055342154763
@@ -51,6 +51,7 @@ class Gate(torch.nn.Module):
                 g += 1
         self.register_buffer("gate_index", torch.tensor(index, dtype=torch.long), persistent=False)
         self.irreps_out = list(scalars) + list(gated)
+        self.gated_muls = [mul for mul, _, _ in simplify(gated)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_gates == 0:
@@ -59,3 +60,15 @@ class Gate(torch.nn.Module):
         gates = torch.sigmoid(gates) * self.sigmoid_norm
         gated = gated * gates.index_select(1, self.gate_index)
         return torch.cat([torch.nn.functional.silu(scalars) * self.silu_norm, gated], dim=1)
+
+    def forward_frame(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The same map on per-type order-major tensors: ``xs[0]`` is the 0e type [E, 1, scalars
+        + gates], then one ``[E, 2l+1, mul]`` tensor per gated type."""
+        if self.num_gates == 0:
+            return [torch.nn.functional.silu(x) * self.silu_norm for x in xs]
+        scalars, gates = xs[0].split([self.num_scalars, self.num_gates], dim=2)
+        gates = (torch.sigmoid(gates) * self.sigmoid_norm).split(self.gated_muls, dim=2)
+        out = [torch.nn.functional.silu(scalars) * self.silu_norm]
+        for x, g in zip(xs[1:], gates):
+            out.append(x * g)
+        return out

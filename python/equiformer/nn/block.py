@@ -35,9 +35,9 @@ class TransformerBlock(torch.nn.Module):
         self.ffn_shortcut = IrrepsLinear(irreps_in, irreps_out) if self.has_shortcut else torch.nn.Identity()
 
     def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
-                edge_basis: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
+                edge_basis: torch.Tensor, edge_weight: torch.Tensor, frames: List[torch.Tensor]) -> torch.Tensor:
         if self.dot_product:
-            x = x + self.dpa(self.norm_1(x), edge_src, edge_dst, edge_sh, edge_basis, edge_weight)
+            x = x + self.dpa(self.norm_1(x), edge_src, edge_dst, edge_sh, edge_basis, edge_weight, frames)
         else:
-            x = x + self.ga(self.norm_1(x), edge_src, edge_dst, edge_sh, edge_basis, edge_weight)
+            x = x + self.ga(self.norm_1(x), edge_src, edge_dst, edge_sh, edge_basis, edge_weight, frames)
         return self.ffn_shortcut(x) + self.ffn(self.norm_2(x))

@@ -2,7 +2,7 @@
 ``NodeEmbeddingNetwork`` and ``EdgeDegreeEmbeddingNetwork``)."""
 
 import math
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -33,6 +33,9 @@ class EdgeDegreeEmbedding(torch.nn.Module):
     """Sum over neighbours of DTP(constant, harmonics; radial weights), projected and scaled
     by 1/sqrt(average degree): how l > 0 features first appear."""
 
+    # per output type of `proj`: (path, harmonic block, channel offset, mul, cg start, d_sh, d_out)
+    scalar_plan: List[List[Tuple[int, int, int, int, int, int, int]]]
+
     def __init__(self, irreps_node: Sequence[Block], irreps_sh: Sequence[Block], radial_channels: List[int],
                  avg_degree: float):
         super().__init__()
@@ -41,11 +44,41 @@ class EdgeDegreeEmbedding(torch.nn.Module):
         self.rad = RadialProfile(radial_channels + [self.dw.weight_numel])
         self.proj = IrrepsLinear(simplify(self.dw.irreps_out), irreps_node)
         self.inv_sqrt_degree = 1.0 / math.sqrt(avg_degree)
+        # the node input is the constant 1 through `exp`, whose only non-zero block is 0e (block
+        # 0): only the paths from it contribute, the others multiply exact zeros
+        if tuple(irreps_node[0][1:]) != (0, 1):
+            raise ValueError("irreps_node must start with 0e")
+        self.num_scalars = irreps_node[0][0]
+        plan: List[List[Tuple[int, int, int, int, int, int, int]]] = []
+        for seg, _, _, _, _, _ in self.proj.plan:
+            entries: List[Tuple[int, int, int, int, int, int, int]] = []
+            offset = 0
+            for k in self.dw.type_paths[seg] if seg >= 0 else []:
+                i, j, mul, d1, d2, d3, cg_start, _ = self.dw.plan[k]
+                if i == 0:
+                    entries.append((k, j, offset, mul, cg_start, d2, d3))
+                offset += mul
+            plan.append(entries)
+        self.scalar_plan = plan
 
     def forward(self, num_atoms: int, edge_dst: torch.Tensor, edge_sh: torch.Tensor, edge_basis: torch.Tensor,
                 edge_weight: torch.Tensor) -> torch.Tensor:
-        # the node input is the constant 1, so every edge sees the same features
-        constant = self.exp(edge_sh.new_ones((1, 1))).expand(edge_sh.shape[0], -1)
-        edge = self.proj(self.dw(constant, edge_sh, self.rad(edge_basis)))
+        e = edge_sh.shape[0]
+        x0 = self.exp(edge_sh.new_ones((1, 1)))[:, : self.num_scalars]
+        ws = self.rad(edge_basis).split(self.dw.w_sizes, dim=1)
+        shs = edge_sh.split(self.dw.sh_sizes, dim=1)
+        outs: List[torch.Tensor] = []
+        for o, (seg, mul_in, d, mul_out, w_start, has_bias) in enumerate(self.proj.plan):
+            y = edge_sh.new_zeros((e, mul_out, d))
+            w = self.proj.weight[w_start: w_start + mul_in * mul_out].view(mul_in, mul_out)
+            for k, j, offset, mul, cg_start, d2, d3 in self.scalar_plan[o]:
+                # path (0e x Y_l2 -> l_out), then its rows of the projection
+                sh = shs[j] @ self.dw.cg[cg_start: cg_start + d2 * d3].view(d2, d3).to(edge_sh.dtype)
+                y = y + ((ws[k] * x0) @ w[offset: offset + mul]).unsqueeze(2) * sh.unsqueeze(1)
+            y = y.reshape(e, mul_out * d)
+            if has_bias:
+                y = y + self.proj.bias
+            outs.append(y)
+        edge = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         edge = edge * edge_weight.unsqueeze(1)
         return segment_sum(edge, edge_dst, num_atoms) * self.inv_sqrt_degree

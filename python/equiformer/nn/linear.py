@@ -92,8 +92,8 @@ class IrrepsLinear(torch.nn.Module):
                 if d == 1:
                     y = parts[seg] @ w
                 else:
-                    xi = parts[seg].reshape(n, mul_in, d).transpose(1, 2)
-                    y = torch.matmul(xi, w).transpose(1, 2).reshape(n, mul_out * d)
+                    xi = parts[seg].reshape(n, mul_in, d).transpose(1, 2).reshape(n * d, mul_in)
+                    y = (xi @ w).view(n, d, mul_out).transpose(1, 2).reshape(n, mul_out * d)
             if has_bias:
                 y = y + self.bias
             outs.append(y)

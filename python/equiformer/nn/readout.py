@@ -31,7 +31,7 @@ class EnergyHead(torch.nn.Module):
             )
 
     def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
-                edge_basis: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
+                edge_basis: torch.Tensor, edge_weight: torch.Tensor, frames: List[torch.Tensor]) -> torch.Tensor:
         if self.attention:
-            return self.head(self.norm(x), edge_src, edge_dst, edge_sh, edge_basis, edge_weight).squeeze(-1)
+            return self.head(self.norm(x), edge_src, edge_dst, edge_sh, edge_basis, edge_weight, frames).squeeze(-1)
         return self.head(self.norm(x)).squeeze(-1)

@@ -72,11 +72,54 @@ class DepthwiseTensorProduct(torch.nn.Module):
         self.register_buffer("cg", torch.cat(cg) if cg else torch.zeros(0, dtype=torch.float64))
         self.internal_weights = internal_weights
         self.weight = torch.nn.Parameter(torch.randn(w_start) if internal_weights else torch.zeros(0))
+        self._plan_edge_frame(paths, irreps_in, irreps_sh, position)
+
+    def _plan_edge_frame(self, paths, irreps_in, irreps_sh, position) -> None:
+        """The edge-frame form (see edge_frame.py): with harmonics along +y, output row m3 of a
+        path reads the single input row m1 = +-m3 that its 3j symbol couples at m2 = 0, times
+        sqrt(2 l2 + 1) * cg[m1, m2=0, m3] (the structure comes from this package's symbols; the
+        values are read from the `cg` buffer at run time, so imported symbols are honoured)."""
+        src: List[int] = []
+        cg_index: List[int] = []
+        scale: List[float] = []
+        frame_plan: List[Tuple[int, int, int, int, int]] = []  # in block, mul, row start, d3, weight start
+        w_offset = 0
+        for k, (i, j, (l3, _)) in enumerate(paths):
+            mul, l1, _ = irreps_in[i]
+            l2 = irreps_sh[j][1]
+            d2, d3 = 2 * l2 + 1, 2 * l3 + 1
+            c = wigner_3j(l1, l2, l3)[:, l2, :]  # [d1, d3] at m2 = 0
+            frame_plan.append((i, mul, len(src), d3, w_offset))
+            w_offset += mul
+            for m3 in range(d3):
+                rows = (c[:, m3].abs() > 1e-12).nonzero().flatten().tolist()
+                if len(rows) > 1:
+                    raise AssertionError(f"3j ({l1},{l2},{l3}) couples m3={m3} to several m1 at m2=0")
+                m1 = rows[0] if rows else 0
+                src.append(m1)
+                cg_index.append(self.path_cg[k] + (m1 * d2 + l2) * d3 + m3)
+                scale.append(math.sqrt(d2) if rows else 0.0)
+        self.frame_plan = frame_plan
+        # output types (adjacent sorted blocks of one irrep) and their paths in sorted order
+        by_position = sorted(range(len(paths)), key=lambda k: position[k])
+        type_paths: List[List[int]] = []
+        previous = None
+        for k in by_position:
+            key = paths[k][2]
+            if key != previous:
+                type_paths.append([])
+                previous = key
+            type_paths[-1].append(k)
+        self.type_paths = type_paths
+        self.register_buffer("frame_src", torch.tensor(src, dtype=torch.long), persistent=False)
+        self.register_buffer("frame_cg_index", torch.tensor(cg_index, dtype=torch.long), persistent=False)
+        self.register_buffer("frame_scale", torch.tensor(scale, dtype=torch.float64), persistent=False)
 
     def _apply(self, fn, recurse=True):
-        keep = self.cg
+        keep = (self.cg, self.frame_scale)
         super()._apply(fn, recurse)
-        self.cg = keep.to(device=self.cg.device, dtype=torch.float64)
+        self.cg = keep[0].to(device=self.cg.device, dtype=torch.float64)
+        self.frame_scale = keep[1].to(device=self.frame_scale.device, dtype=torch.float64)
         return self
 
     @torch.jit.unused

@@ -14,6 +14,7 @@ from e3nn import o3
 from equiformer.nn.activation import Gate
 from equiformer.nn.attention import GraphAttention
 from equiformer.nn.block import TransformerBlock
+from equiformer.nn.edge_frame import EdgeFrame
 from equiformer.nn.irreps import blocks, gate_split, simplify, to_irreps
 from equiformer.nn.linear import IrrepsLinear
 from equiformer.nn.norm import EquivariantLayerNorm
@@ -203,6 +204,10 @@ def _graph_inputs(sh_irreps, num_basis=8, n=6, seed=0):
     return vec, src, dst, sh, basis, weight
 
 
+def _frames(node, vec):
+    return EdgeFrame(max(l for _, l, _ in blocks(node)))(vec)
+
+
 @pytest.mark.parametrize("rescale", [False, True], ids=["plain", "rescale_degree"])
 @pytest.mark.parametrize("nonlinear", [True, False], ids=["nonlinear", "linear"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
@@ -213,14 +218,17 @@ def test_graph_attention_equivariant(variant, nonlinear, rescale):
                         nonlinear, rescale).to(DT)
     vec, src, dst, sh, basis, weight = _graph_inputs(sh_irreps)
     x = _rand(6, node)
-    ref = ga(x, src, dst, sh(vec), basis, weight)
+    ref = ga(x, src, dst, sh(vec), basis, weight, [])
     assert ref.shape == x.shape
+    # the edge-frame path is the same function
+    _close(ga(x, src, dst, sh(vec), basis, weight, _frames(node, vec)), ref)
     for R in _matrices(e3):
         D = _D(node, R)
         sh_rot = sh(vec) @ _D(sh_irreps, R).T
-        _close(ga(x @ D.T, src, dst, sh_rot, basis, weight), ref @ D.T)
+        _close(ga(x @ D.T, src, dst, sh_rot, basis, weight, []), ref @ D.T)
         if torch.det(R) > 0:
-            _close(ga(x @ D.T, src, dst, sh(vec @ R.T), basis, weight), ref @ D.T)
+            _close(ga(x @ D.T, src, dst, sh(vec @ R.T), basis, weight, []), ref @ D.T)
+            _close(ga(x @ D.T, src, dst, sh(vec @ R.T), basis, weight, _frames(node, vec @ R.T)), ref @ D.T)
 
 
 def test_graph_attention_permutation_equivariant():
@@ -230,11 +238,11 @@ def test_graph_attention_permutation_equivariant():
                         False).to(DT)
     vec, src, dst, sh, basis, weight = _graph_inputs(sh_irreps)
     x = _rand(6, node)
-    ref = ga(x, src, dst, sh(vec), basis, weight)
+    ref = ga(x, src, dst, sh(vec), basis, weight, [])
     perm = torch.randperm(6)
     inv = torch.argsort(perm)  # new index of old atom i is inv[i]
     eperm = torch.randperm(vec.shape[0])
-    got = ga(x[perm], inv[src][eperm], inv[dst][eperm], sh(vec)[eperm], basis[eperm], weight[eperm])
+    got = ga(x[perm], inv[src][eperm], inv[dst][eperm], sh(vec)[eperm], basis[eperm], weight[eperm], [])
     _close(got, ref[perm])
 
 
@@ -247,8 +255,8 @@ def test_graph_attention_zero_weight_edges_are_ignored():
     vec, src, dst, sh, basis, weight = _graph_inputs(sh_irreps)
     keep = weight > 0
     x = _rand(6, node)
-    full = ga(x, src, dst, sh(vec), basis, weight)
-    pruned = ga(x, src[keep], dst[keep], sh(vec[keep]), basis[keep], weight[keep])
+    full = ga(x, src, dst, sh(vec), basis, weight, [])
+    pruned = ga(x, src[keep], dst[keep], sh(vec[keep]), basis[keep], weight[keep], [])
     _close(full, pruned)
 
 
@@ -263,10 +271,13 @@ def test_transformer_block_equivariant(variant, last):
     assert blk.has_shortcut == last
     vec, src, dst, sh, basis, weight = _graph_inputs(sh_irreps)
     x = _rand(6, node)
-    ref = blk(x, src, dst, sh(vec), basis, weight)
+    ref = blk(x, src, dst, sh(vec), basis, weight, [])
     for R in _matrices(e3):
-        got = blk(x @ _D(node, R).T, src, dst, sh(vec) @ _D(sh_irreps, R).T, basis, weight)
+        got = blk(x @ _D(node, R).T, src, dst, sh(vec) @ _D(sh_irreps, R).T, basis, weight, [])
         _close(got, ref @ _D(out, R).T)
+        if torch.det(R) > 0:
+            got = blk(x @ _D(node, R).T, src, dst, sh(vec @ R.T), basis, weight, _frames(node, vec @ R.T))
+            _close(got, ref @ _D(out, R).T)
 
 
 # ----------------------------------------------------------------------------- 3j symbols
