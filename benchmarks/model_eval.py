@@ -21,6 +21,9 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# glibc: serve every allocation from the heap and keep freed memory for reuse; large tensors
+# otherwise come from fresh mmaps whose page faults cost up to half the time of big graphs
+MALLOC_REUSE = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
 WORKER = r'''
 import json, os, resource, sys, time
@@ -32,9 +35,9 @@ import ase.build
 from equiformer.data.neighbors import neighbor_list
 
 def structure(kind, n):
-    if kind == "molecule":
-        atoms = ase.build.molecule("C6H6")
-        return atoms, False
+    if kind == "molecule":  # aspirin, 21 atoms (the first test frame shipped in data/)
+        from ase.io import read
+        return read(os.path.join(cfg["repo"], "data", "aspirin_xtb_test.xyz"), index=0), False
     # copper: a cluster of n atoms cut from fcc (the issue's 500-atom cluster) or a periodic cell
     reps = int(round((n / 4) ** (1 / 3)))
     atoms = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True) * (reps, reps, reps)
@@ -55,23 +58,27 @@ vec = torch.tensor(pos[ei[0]] - pos[ei[1]] + sh, dtype=dtype)
 edge_index = torch.from_numpy(ei)
 n = len(atoms)
 
+route = "official"
 if cfg["mode"] == "official":
     sys.path.insert(0, cfg["standins"])
     import official_runner
     call = official_runner.make(cfg["official"], cfg["preset"], cutoff, atoms, dtype)
 else:
     from equiformer.model import build_model
-    from equiformer.export.torchscript import EquiformerEngineModel, export_model
+    from equiformer.export.torchscript import (SINGLE_PASS_MEMORY, EquiformerEngineModel, export_model,
+                                               graph_bytes_per_edge)
     torch.manual_seed(0)
     model = build_model({"preset": cfg["preset"], "species": species_symbols, "cutoff": cutoff}, dtype=dtype).eval()
+    model.use_edge_frames(cfg["mode"] != "reference")
     if cfg["mode"] == "exported":
         path = os.path.join(cfg["tmp"], "model.pt")
         export_model(model, path, cfg["dtype"])
         engine = torch.jit.load(path)
-    else:
+    else:  # eager (and the eager reference SO(3) path) with the exported model's route choice
         for p in model.parameters():
             p.requires_grad_(False)
-        engine = EquiformerEngineModel(model)
+        engine = EquiformerEngineModel(model, int(SINGLE_PASS_MEMORY / graph_bytes_per_edge(model, dtype, "cpu")))
+    route = "layer-by-layer" if 0 <= engine.layerwise_edges < ei.shape[1] else "one pass"
     def call():
         out = engine(species, edge_index, vec, n)
         return out["forces"]
@@ -79,12 +86,12 @@ else:
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 t_end = time.perf_counter() + cfg["seconds"]
-for _ in range(3):  # warm-up (TorchScript profiling and optimisation runs)
+for _ in range(cfg["warmup"]):  # warm-up (TorchScript profiling and optimisation runs)
     call()
 while len(times) < cfg["min_repeats"] or (time.perf_counter() < t_end and len(times) < 50):
     t = time.perf_counter(); call(); times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"atoms": n, "edges": int(ei.shape[1]), "time_s": float(np.median(times)),
+print(json.dumps({"atoms": n, "edges": int(ei.shape[1]), "time_s": float(np.median(times)), "route": route,
                   "peak_rss_gb": peak / 1e6, "extra_rss_gb": (peak - base) / 1e6, "repeats": len(times)}))
 '''
 
@@ -95,6 +102,8 @@ def run(cfg, timeout):
     with tempfile.TemporaryDirectory() as tmp:
         cfg = dict(cfg, tmp=tmp)
         env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]))
+        if cfg["malloc_reuse"]:
+            env["GLIBC_TUNABLES"] = MALLOC_REUSE
         try:
             proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(cfg)], capture_output=True, text=True,
                                   timeout=timeout, env=env)
@@ -113,19 +122,24 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", type=int, default=[32, 108, 256, 500])
     p.add_argument("--dtypes", nargs="+", default=["float32"])
     p.add_argument("--threads", nargs="+", type=int, default=[1])
-    p.add_argument("--modes", nargs="+", default=["eager", "exported"], choices=["eager", "exported"])
+    p.add_argument("--modes", nargs="+", default=["eager", "exported"], choices=["eager", "exported", "reference"],
+                   help="reference: the eager model on the SO(3) tensor-product path (no edge frames)")
     p.add_argument("--official", metavar="CHECKOUT", help="also run the official code from this checkout")
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=10.0, help="time budget per configuration (after warm-up)")
     p.add_argument("--min-repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls first (TorchScript's executor optimises during the first two)")
+    p.add_argument("--system-malloc", action="store_true",
+                   help=f"do not set GLIBC_TUNABLES={MALLOC_REUSE} (set by default, for every code alike)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--json", help="write all rows to this file")
     args = p.parse_args(argv)
     print("command:", " ".join([os.path.basename(sys.executable), "benchmarks/model_eval.py"] + (argv or sys.argv[1:])))
     rows = []
-    header = f"| preset | system | atoms | edges | dtype | threads | mode | ms/call | atom-steps/s | peak RSS GB | ratio to eager |"
+    header = "| preset | system | atoms | edges | dtype | threads | mode | route | ms/call | atom-steps/s | peak RSS GB | time / eager |"
     print(header)
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 12)
     for preset in args.presets:
         for system in args.systems:
             sizes = [21] if system == "molecule" else args.sizes
@@ -139,18 +153,19 @@ def main(argv=None):
                         for mode in modes:
                             cfg = {"preset": preset, "system": system, "size": size, "dtype": dtype, "threads": threads,
                                    "mode": mode, "cutoff": args.cutoff, "seconds": args.seconds,
-                                   "min_repeats": args.min_repeats, "official": args.official,
+                                   "min_repeats": args.min_repeats, "official": args.official, "warmup": args.warmup,
+                                   "malloc_reuse": not args.system_malloc, "repo": os.path.dirname(HERE),
                                    "standins": os.path.join(HERE, "official_standins")}
                             r = run(cfg, args.timeout)
                             row = dict(cfg, **r)
                             rows.append(row)
                             if "error" in r:
-                                print(f"| {preset} | {system} | {size} | | {dtype} | {threads} | {mode} | {r['error']} | | | |")
+                                print(f"| {preset} | {system} | {size} | | {dtype} | {threads} | {mode} | | {r['error']} | | | |")
                                 continue
                             if mode == "eager":
                                 eager_time = r["time_s"]
                             ratio = f"{r['time_s'] / eager_time:.2f}" if eager_time else ""
-                            print(f"| {preset} | {system} | {r['atoms']} | {r['edges']} | {dtype} | {threads} | {mode} | "
+                            print(f"| {preset} | {system} | {r['atoms']} | {r['edges']} | {dtype} | {threads} | {mode} | {r['route']} | "
                                   f"{1000 * r['time_s']:.1f} | {r['atoms'] / r['time_s']:.0f} | {r['peak_rss_gb']:.2f} | {ratio} |",
                                   flush=True)
     if args.json:

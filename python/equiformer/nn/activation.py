@@ -37,6 +37,8 @@ class SmoothLeakyReLU(torch.nn.Module):
 class Gate(torch.nn.Module):
     """[scalars | gates | gated] -> [SiLU(scalars) | gated * sigmoid(gates)]."""
 
+    gated_muls: List[int]  # channels of each gated irrep type (may be empty)
+
     def __init__(self, scalars: Sequence[Block], gates: Sequence[Block], gated: Sequence[Block]):
         super().__init__()
         self.silu_norm = SILU_NORM

@@ -27,6 +27,11 @@ def depthwise_paths(irreps_in: Sequence[Block], irreps_sh: Sequence[Block], irre
 
 
 class DepthwiseTensorProduct(torch.nn.Module):
+    # edge-frame plan (may be empty): per path (in block, mul, row start, d3, weight start), and
+    # the paths of each output irrep type
+    frame_plan: List[Tuple[int, int, int, int, int]]
+    type_paths: List[List[int]]
+
     def __init__(self, irreps_in: Sequence[Block], irreps_sh: Sequence[Block], irreps_filter: Sequence[Block],
                  internal_weights: bool):
         super().__init__()

@@ -74,6 +74,7 @@ VARIANTS = {
     "linear-message": {"nonlinear_message": False},
     "dot-product": {"attention": "dot_product"},
     "attention-head": {"attention_head": True, "irreps_feature": "8x0e+2x1e"},
+    "attention-head-scalars": {"attention_head": True},  # a head whose gate has nothing to gate
     "official-cutoff-rescale": {"smooth_cutoff": False, "rescale_degree": True},
 }
 
@@ -131,7 +132,7 @@ def test_edge_degree_embedding_equals_the_full_product():
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("variant", ["se3-l2", "attention-head"])
+@pytest.mark.parametrize("variant", ["se3-l2", "attention-head", "attention-head-scalars"])
 def test_layerwise_gradient_equals_one_pass(variant):
     torch.manual_seed(5)
     model = build_model({"preset": "tiny", "species": SPECIES, **VARIANTS[variant]}, dtype=torch.float64).eval()
