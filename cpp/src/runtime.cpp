@@ -150,6 +150,7 @@ struct Model::Impl {
   std::vector<int> numbers;
   std::string length_unit, energy_unit, dtype_name;
   bool layer_methods = false;
+  int64_t layerwise_edges = -1;  // the model's threshold for recomputing layers (-1: never)
   mutable std::vector<int64_t> feature_sizes;  // layer_feature_sizes(), found on first use
 };
 
@@ -198,6 +199,8 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
                             ? m.cutoff * m.num_layers
                             : parse_double(path, "interaction_range", m.meta["interaction_range"]);
   m.energy_offset = m.meta["energy_offset"].empty() ? 0.0 : parse_double(path, "energy_offset", m.meta["energy_offset"]);
+  if (m.module.hasattr("layerwise_edges") && m.module.attr("layerwise_edges").isInt())
+    m.layerwise_edges = m.module.attr("layerwise_edges").toInt();
   m.symbols = split(m.meta["species_symbols"]);
   for (const auto &z : split(m.meta["atomic_numbers"]))
     m.numbers.push_back(static_cast<int>(parse_int(path, "atomic_numbers", z)));
@@ -378,11 +381,20 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
       exchange.forward(h.data_ptr<double>(), n_atoms, width[s]);
       return h.to(m.device, t.scalar_type()).requires_grad_(true);
     };
-    y[0] = embed({t_species, t_index, t_vec}).toTensor();
-    x[0] = exchange_forward(y[0], 0);
-    for (int k = 0; k < L; ++k) {
-      y[k + 1] = block({static_cast<int64_t>(k), x[k], t_index, t_vec}).toTensor();
-      x[k + 1] = exchange_forward(y[k + 1], k + 1);
+    // y[s] of layer call s from its input (s = 0: embed, s = k+1: block k)
+    auto layer_call = [&](int s) {
+      if (s == 0) return embed({t_species, t_index, t_vec}).toTensor();
+      return block({static_cast<int64_t>(s - 1), x[s - 1], t_index, t_vec}).toTensor();
+    };
+    // large graphs (the model's own threshold, see docs/model-format.md): keep only the layer
+    // inputs, then recompute each layer's graph just before its backward pass
+    const bool recompute = m.layerwise_edges >= 0 && n_edges > m.layerwise_edges;
+    {
+      torch::AutoGradMode graphs(!recompute);
+      for (int s = 0; s <= L; ++s) {
+        y[s] = layer_call(s);
+        x[s] = exchange_forward(y[s], s);
+      }
     }
     torch::Tensor e_atoms = readout({t_species, x[L], t_index, t_vec}).toTensor();
     if (e_atoms.numel() != n_atoms) throw Error("the model's readout returned outputs of an unexpected shape");
@@ -408,7 +420,9 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
                                     : torch::zeros({n_atoms * width[s]}, torch::TensorOptions().dtype(torch::kFloat64));
       exchange.reverse(h.data_ptr<double>(), n_atoms, width[s]);
       torch::Tensor gy = h.to(m.device, y[s].scalar_type()).reshape(y[s].sizes());
+      if (recompute) y[s] = layer_call(s);
       g = backward(y[s], gy, s > 0 ? &x[s - 1] : nullptr);
+      y[s] = torch::Tensor();  // this layer's graph is no longer needed
     }
 
     torch::NoGradGuard no_grad;
