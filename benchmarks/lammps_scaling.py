@@ -65,7 +65,9 @@ def bare_call(model_path: str, atoms, cutoff: float, dtype: str, repeats: int) -
     from equiformer.data.neighbors import neighbor_list
 
     torch.set_num_threads(1)
-    module = torch.jit.load(model_path, map_location="cpu")
+    from equiformer.export.contract import load_engine_model
+
+    module = load_engine_model(model_path)  # the C++ runtime's TorchScript settings
     pos = atoms.get_positions()
     edge_index, shifts, _ = neighbor_list(pos, cutoff, atoms.cell.array, atoms.get_pbc())
     vec = torch.tensor(pos[edge_index[0]] - pos[edge_index[1]] + shifts,

@@ -70,10 +70,12 @@ else:
     torch.manual_seed(0)
     model = build_model({"preset": cfg["preset"], "species": species_symbols, "cutoff": cutoff}, dtype=dtype).eval()
     model.use_edge_frames(cfg["mode"] != "reference")
+    if cfg["mode"] == "export":  # a separate process, so that the timed one's peak memory is its own
+        export_model(model, os.path.join(cfg["tmp"], "model.pt"), cfg["dtype"])
+        sys.exit(0)
     if cfg["mode"] == "exported":
-        path = os.path.join(cfg["tmp"], "model.pt")
-        export_model(model, path, cfg["dtype"])
-        engine = torch.jit.load(path)
+        from equiformer.export.contract import load_engine_model
+        engine = load_engine_model(os.path.join(cfg["tmp"], "model.pt"))
     else:  # eager (and the eager reference SO(3) path) with the exported model's route choice
         for p in model.parameters():
             p.requires_grad_(False)
@@ -105,8 +107,13 @@ def run(cfg, timeout):
         if cfg["malloc_reuse"]:
             env["GLIBC_TUNABLES"] = MALLOC_REUSE
         try:
+            if cfg["mode"] == "exported":
+                subprocess.run([sys.executable, "-c", WORKER, json.dumps(dict(cfg, mode="export"))], check=True,
+                               capture_output=True, timeout=timeout, env=env)
             proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(cfg)], capture_output=True, text=True,
                                   timeout=timeout, env=env)
+        except subprocess.CalledProcessError as exc:
+            return {"error": f"export failed: {exc.stderr.decode().strip().splitlines()[-1][:120]}"}
         except subprocess.TimeoutExpired:
             return {"error": f"timeout after {timeout} s"}
         if proc.returncode != 0:
@@ -125,13 +132,16 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+", default=["eager", "exported"], choices=["eager", "exported", "reference"],
                    help="reference: the eager model on the SO(3) tensor-product path (no edge frames)")
     p.add_argument("--official", metavar="CHECKOUT", help="also run the official code from this checkout")
+    p.add_argument("--official-max-atoms", type=int,
+                   help="run the official code only up to this size (its memory: 18.5 GB for 500 atoms at L2)")
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=10.0, help="time budget per configuration (after warm-up)")
     p.add_argument("--min-repeats", type=int, default=2)
     p.add_argument("--warmup", type=int, default=3,
                    help="untimed calls first (TorchScript's executor optimises during the first two)")
-    p.add_argument("--system-malloc", action="store_true",
-                   help=f"do not set GLIBC_TUNABLES={MALLOC_REUSE} (set by default, for every code alike)")
+    p.add_argument("--malloc-reuse", action="store_true",
+                   help=f"set GLIBC_TUNABLES={MALLOC_REUSE} for every code alike (faster on big graphs, but freed "
+                        "memory is not returned: higher peak memory)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--json", help="write all rows to this file")
     args = p.parse_args(argv)
@@ -147,14 +157,15 @@ def main(argv=None):
                 for dtype in args.dtypes:
                     for threads in args.threads:
                         modes = list(args.modes)
-                        if args.official and preset in ("md17-l2", "md17-l3"):
+                        if args.official and preset in ("md17-l2", "md17-l3") and (
+                                args.official_max_atoms is None or size <= args.official_max_atoms):
                             modes.append("official")
                         eager_time = None
                         for mode in modes:
                             cfg = {"preset": preset, "system": system, "size": size, "dtype": dtype, "threads": threads,
                                    "mode": mode, "cutoff": args.cutoff, "seconds": args.seconds,
                                    "min_repeats": args.min_repeats, "official": args.official, "warmup": args.warmup,
-                                   "malloc_reuse": not args.system_malloc, "repo": os.path.dirname(HERE),
+                                   "malloc_reuse": args.malloc_reuse, "repo": os.path.dirname(HERE),
                                    "standins": os.path.join(HERE, "official_standins")}
                             r = run(cfg, args.timeout)
                             row = dict(cfg, **r)

@@ -4,6 +4,7 @@
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
@@ -68,13 +69,18 @@ long parse_int(const std::string &path, const std::string &key, const std::strin
               "'); the file is damaged or was not written by equiformer-export");
 }
 
-// TorchScript's graph executor optimisation stays on (libtorch's default): with it off,
-// scripted forwards that call other methods in a loop fail inside libtorch ("Expected Object
-// but got None", torch 2.9). EQUIFORMER_JIT_OPTIMIZE=0 turns it off for debugging.
+// TorchScript runs on its legacy graph executor (optimisation on, no profiling): the profiling
+// executor re-optimises during the first calls and then runs these models 15-25% slower than
+// eager PyTorch (measured, torch 2.9, CPU); the legacy one matches eager. The setting is
+// process-wide (the Python side makes the same choice). EQUIFORMER_JIT_OPTIMIZE=0 turns the
+// optimisation off for debugging (libtorch 2.9 then fails on scripted forwards that call
+// methods in loops: "Expected Object but got None").
 void configure_jit_once()
 {
   static std::once_flag once;
   std::call_once(once, [] {
+    torch::jit::getExecutorMode() = false;
+    torch::jit::getProfilingMode() = false;
     const char *env = std::getenv("EQUIFORMER_JIT_OPTIMIZE");
     if (env && std::string(env) == "0") torch::jit::setGraphExecutorOptimize(false);
   });
