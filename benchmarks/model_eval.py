@@ -137,8 +137,8 @@ def main(argv=None):
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=10.0, help="time budget per configuration (after warm-up)")
     p.add_argument("--min-repeats", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=3,
-                   help="untimed calls first (TorchScript's executor optimises during the first two)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed calls first (TorchScript optimises the exported model during the first)")
     p.add_argument("--malloc-reuse", action="store_true",
                    help=f"set GLIBC_TUNABLES={MALLOC_REUSE} for every code alike (faster on big graphs, but freed "
                         "memory is not returned: higher peak memory)")

@@ -22,8 +22,7 @@ run l2-clusters $PY benchmarks/model_eval.py --presets md17-l2 --systems cluster
 run l3-clusters $PY benchmarks/model_eval.py --presets md17-l3 --systems cluster --sizes "${L3[@]}" \
     --threads 2 --seconds 5 "${OFF[@]}" --official-max-atoms 108 --json "$OUT/l3-clusters.json"
 # size scaling of the exported model (periodic bulk, per-atom cost and memory up to 4,000+ atoms)
-# (eager: the exported model's first calls include TorchScript's optimisation, too long to repeat here)
-run l2-bulk $PY benchmarks/model_eval.py --presets md17-l2 --systems bulk --sizes "${BULK[@]}" --modes eager \
+run l2-bulk $PY benchmarks/model_eval.py --presets md17-l2 --systems bulk --sizes "${BULK[@]}" --modes exported \
     --threads 2 --seconds 1 --min-repeats 1 --warmup 1 --json "$OUT/l2-bulk.json"
 # the reference SO(3) path, float64, one thread, and the small preset the shipped models use
 run variants $PY benchmarks/model_eval.py --presets md17-l2 --systems cluster --sizes 256 --modes eager exported reference \
@@ -36,7 +35,6 @@ if [ -x benchmarks/.venvs/nequip/bin/python ] && [ -x benchmarks/.venvs/mace/bin
 fi
 # engines: LAMMPS step vs a bare call, MPI scaling; OpenMM routes vs a bare call
 run lammps env OMP_NUM_THREADS=1 $PY benchmarks/lammps_scaling.py
-run lammps-small env OMP_NUM_THREADS=1 $PY benchmarks/lammps_scaling.py --cells 6 --preset small
 $PY -c "import torch; from equiformer.model import build_model; from equiformer.export.torchscript import export_model; \
 torch.manual_seed(0); export_model(build_model({'preset': 'tiny', 'species': ['H', 'C', 'O', 'Cu']}), '$OUT/tiny.pt', 'float32')"
 run openmm $PY -m equiformer.openmm.benchmark "$OUT/tiny.pt" --atoms 300 --steps 10 --threads 1 \

@@ -201,28 +201,30 @@ class Equiformer(torch.nn.Module):
         """Edge-frame (fast, default) or reference SO(3) tensor products; same function."""
         self.edge_frames = bool(enabled)
 
-    def edge_features(self, edge_vectors: torch.Tensor):
+    def edge_features(self, edge_vectors: torch.Tensor, harmonics: bool = True, frames: bool = True):
         """Harmonics, radial basis, cutoff weight (envelope or 0/1 mask) and frame rotations
-        (Wigner D per degree; empty on the reference path) of each edge."""
+        (Wigner D per degree) of each edge. Harmonics are used by the embedding and the
+        reference path, frames by the edge-frame path: a part not asked for (or not used by
+        the path in force) comes back empty."""
         r = torch.linalg.vector_norm(edge_vectors, dim=1)
-        sh = self.sh(edge_vectors)
+        sh = self.sh(edge_vectors) if harmonics or not self.edge_frames else edge_vectors[:, :0]
         basis = self.rbf(r)
         if self.smooth_cutoff:
             weight = cosine_cutoff(r, self.cutoff)
         else:
             weight = (r < self.cutoff).to(edge_vectors.dtype)
-        frames: List[torch.Tensor] = self.frame(edge_vectors) if self.edge_frames else []
-        return sh, basis, weight, frames
+        rotations: List[torch.Tensor] = self.frame(edge_vectors) if frames and self.edge_frames else []
+        return sh, basis, weight, rotations
 
     @torch.jit.export
     def embed(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        sh, basis, weight, _ = self.edge_features(edge_vectors)
+        sh, basis, weight, _ = self.edge_features(edge_vectors, frames=False)
         x = self.atom_embed(species)
         return x + self.edge_deg_embed(species.shape[0], edge_index[1], sh, basis, weight)
 
     @torch.jit.export
     def block(self, k: int, x: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        sh, basis, weight, frames = self.edge_features(edge_vectors)
+        sh, basis, weight, frames = self.edge_features(edge_vectors, harmonics=False)
         for i, blk in enumerate(self.blocks):
             if i == k:
                 return blk(x, edge_index[0], edge_index[1], sh, basis, weight, frames)
@@ -231,7 +233,10 @@ class Equiformer(torch.nn.Module):
     @torch.jit.export
     def readout(self, species: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
                 edge_vectors: torch.Tensor) -> torch.Tensor:
-        sh, basis, weight, frames = self.edge_features(edge_vectors)
+        # an MLP head uses no edge: skip their features
+        attention = self.head.attention
+        sh, basis, weight, frames = self.edge_features(edge_vectors[:edge_vectors.shape[0] if attention else 0],
+                                                       harmonics=False, frames=attention)
         return self._energies(species, self.head(x, edge_index[0], edge_index[1], sh, basis, weight, frames))
 
     def _energies(self, species: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
