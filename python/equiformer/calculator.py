@@ -10,7 +10,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .data.atoms import species_indices
 from .data.neighbors import neighbor_list
-from .export.contract import load_engine_model, read_metadata
+from .export.contract import read_metadata
 from .units import energy_factor, length_factor
 
 
@@ -31,7 +31,7 @@ class EquiformerCalculator(Calculator):
         self.device = torch.device(device)
         if model is not None:
             meta = read_metadata(model)
-            self.engine = load_engine_model(model, map_location=self.device)
+            self.engine = torch.jit.load(model, map_location=self.device)
             self.species = meta["species_symbols"].split()
             self.cutoff = float(meta["cutoff"])
             self.dtype = getattr(torch, meta["dtype"])

@@ -134,7 +134,10 @@ def save_engine_model(module: torch.jit.ScriptModule, path: str, metadata: Dict[
 def configure_torchscript() -> None:
     """TorchScript's legacy graph executor for this process, as the C++ runtime uses: the
     profiling executor re-optimises during the first calls and then runs these models 15-25%
-    slower than eager PyTorch (measured); the legacy one matches eager."""
+    slower than eager PyTorch (measured); the legacy one matches eager. Process-wide, so the
+    Python engine routes (calculator, OpenMM) do not call it: openmm-torch's energy-only
+    TorchForce module fails under the legacy executor ("backward through the graph a second
+    time"); the benchmarks use it to time what the C++ runtime runs."""
     torch._C._jit_set_profiling_executor(False)
     torch._C._jit_set_profiling_mode(False)
 

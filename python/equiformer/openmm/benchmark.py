@@ -44,7 +44,6 @@ def main(argv=None):
     import torch
     import openmm
     import vesin
-    from equiformer.export.contract import load_engine_model
     from equiformer.openmm.common import prepare, load_model_metadata
     from equiformer.openmm.torchforce import build_module, create_torch_force
     from equiformer.openmm.pythonforce import create_python_force
@@ -62,7 +61,7 @@ def main(argv=None):
     print(f"{args.atoms} atoms, box {length:.3f} nm, cutoff {setup.cutoff_nm:.3f} nm, model dtype {setup.dtype}, "
           f"torch threads {torch.get_num_threads()}")
 
-    model = load_engine_model(args.model)
+    model = torch.jit.load(args.model, map_location="cpu")
     i, j, d = vesin.NeighborList(cutoff=setup.cutoff, full_list=True).compute(
         pos * setup.nm_to_model, box * setup.nm_to_model, True, "ijD")
     edge_index = torch.tensor(np.stack([j, i]).astype(np.int64))

@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from equiformer.export.contract import load_engine_model
 from equiformer.openmm.common import ModelSetup, box_heights, prepare
 
 
@@ -43,7 +42,7 @@ class EquiformerComputation:
             raise FileNotFoundError(f"equiformer PythonForce: model file {self.setup.model_path} does not exist")
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
-        self._model = load_engine_model(self.setup.model_path, map_location=self.device)
+        self._model = torch.jit.load(self.setup.model_path, map_location=self.device)
         self._species = torch.tensor(self.setup.species, dtype=torch.long, device=self.device)
         self._neighbors = vesin.NeighborList(cutoff=self.setup.cutoff, full_list=True)
 

@@ -20,7 +20,6 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from equiformer.export.contract import load_engine_model
 from equiformer.openmm.common import ModelSetup, import_openmmtorch, prepare
 from equiformer.openmm.neighbors import cell_list_edges, open_edges
 
@@ -102,7 +101,7 @@ class EquiformerOpenMMEnergyModule(torch.nn.Module):
 def build_module(model_path: str, setup: ModelSetup, outputs_forces: bool = True,
                  all_pairs_max_atoms: int = 256) -> torch.jit.ScriptModule:
     """The scripted module for a TorchForce (embedding the exported model file)."""
-    model = load_engine_model(setup.model_path)  # openmm-torch runs it in this process
+    model = torch.jit.load(setup.model_path, map_location="cpu")
     core = EquiformerOpenMMModule(model, setup, all_pairs_max_atoms=all_pairs_max_atoms)
     module = core if outputs_forces else EquiformerOpenMMEnergyModule(core)
     return torch.jit.script(module.eval())
