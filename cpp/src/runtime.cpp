@@ -158,6 +158,25 @@ struct Model::Impl {
   bool layer_methods = false;
   int64_t layerwise_edges = -1;  // the model's threshold for recomputing layers (-1: never)
   mutable std::vector<int64_t> feature_sizes;  // layer_feature_sizes(), found on first use
+
+  // the model's inputs on its device: species [N], edge_index [2, E] (row 0 source), edge
+  // vectors [E, 3] in the model dtype
+  void input_tensors(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src, const int64_t *dst,
+                     const double *edge_vectors, torch::Tensor &t_species, torch::Tensor &t_index,
+                     torch::Tensor &t_vec) const
+  {
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    t_species = torch::from_blob(const_cast<int64_t *>(species), {n_atoms}, i64).to(device, false, true);
+    t_index = torch::empty({2, n_edges}, i64);
+    if (n_edges > 0) {
+      std::copy(src, src + n_edges, t_index.data_ptr<int64_t>());
+      std::copy(dst, dst + n_edges, t_index.data_ptr<int64_t>() + n_edges);
+    }
+    t_index = t_index.to(device);
+    t_vec = torch::from_blob(const_cast<double *>(edge_vectors), {n_edges, 3},
+                             torch::TensorOptions().dtype(torch::kFloat64))
+                .to(device, dtype, false, true);
+  }
 };
 
 Model::Model(const std::string &path, const std::string &device) : impl_(new Impl)
@@ -353,17 +372,8 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
 
   std::vector<double> gvec_host;
   try {
-    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-    torch::Tensor t_species = torch::from_blob(const_cast<int64_t *>(species), {n_atoms}, i64).to(m.device, false, true);
-    torch::Tensor t_index = torch::empty({2, n_edges}, i64);
-    if (n_edges > 0) {
-      std::copy(src, src + n_edges, t_index.data_ptr<int64_t>());
-      std::copy(dst, dst + n_edges, t_index.data_ptr<int64_t>() + n_edges);
-    }
-    t_index = t_index.to(m.device);
-    torch::Tensor t_vec =
-        torch::from_blob(const_cast<double *>(edge_vectors), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64))
-            .to(m.device, m.dtype, false, true);
+    torch::Tensor t_species, t_index, t_vec;
+    m.input_tensors(n_atoms, species, n_edges, src, dst, edge_vectors, t_species, t_index, t_vec);
 
     torch::AutoGradMode grad_on(true);
     t_vec.requires_grad_(true);
@@ -502,17 +512,8 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
   if (n_local == 0) return;
 
   try {
-    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-    torch::Tensor t_species = torch::from_blob(const_cast<int64_t *>(species), {n_atoms}, i64).to(m.device, false, true);
-    torch::Tensor t_index = torch::empty({2, n_edges}, i64);
-    if (n_edges > 0) {
-      std::copy(src, src + n_edges, t_index.data_ptr<int64_t>());
-      std::copy(dst, dst + n_edges, t_index.data_ptr<int64_t>() + n_edges);
-    }
-    t_index = t_index.to(m.device);
-    torch::Tensor t_vec =
-        torch::from_blob(const_cast<double *>(edge_vectors), {n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64))
-            .to(m.device, m.dtype, false, true);
+    torch::Tensor t_species, t_index, t_vec;
+    m.input_tensors(n_atoms, species, n_edges, src, dst, edge_vectors, t_species, t_index, t_vec);
 
     c10::impl::GenericDict result{c10::AnyType::get(), c10::AnyType::get()};
     {
