@@ -33,13 +33,18 @@ def main(argv):
     for what, key, ylabel, scale in (("time", "time_s", "ms per atom (energy + forces)", 1000.0),
                                      ("memory", "peak_rss_gb", "peak memory (GB)", 1.0)):
         fig, ax = plt.subplots(figsize=(8, 5))
+        values = []
         for name, rows in sorted(series.items()):
             rows = sorted(rows, key=lambda r: r["atoms"])
             x = [r["atoms"] for r in rows]
             y = [r[key] * scale / (r["atoms"] if what == "time" else 1.0) for r in rows]
             ax.plot(x, y, marker="o", label=name)
+            values += y
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        if max(values) < 4 * min(values):  # a narrow range: a linear axis from 0 shows it as it is
+            ax.set_ylim(0, 1.1 * max(values))
+        else:
+            ax.set_yscale("log")
         ax.set_xlabel("atoms")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)

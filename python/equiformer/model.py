@@ -21,6 +21,7 @@ from .nn.embedding import AtomEmbedding, EdgeDegreeEmbedding
 from .nn.irreps import blocks, check_sorted
 from .nn.radial import BesselBasis, ExpNormalBasis, GaussianBasis, cosine_cutoff
 from .nn.readout import EnergyHead
+from .nn.segment import Chunks, EdgeFeatures, centre_chunks, feature_list, slice_features
 
 # Every hyperparameter, with the paper's MD17 L_max = 2 model as the default.
 DEFAULTS: Dict[str, object] = {
@@ -163,6 +164,8 @@ class Equiformer(torch.nn.Module):
         # SO(3) products, faster; `use_edge_frames(False)` selects the reference path
         self.frame = EdgeFrame(max(l for _, l, _ in irreps_node + irreps_feature + irreps_head))
         self.edge_frames = True
+        # edges per chunk of the memory-light gradient (energies_and_gradient)
+        self.edge_chunk = 2048
         self.inv_sqrt_num_atoms = 1.0 / math.sqrt(float(hp["avg_num_atoms"]))
         # physical scale: e_i = out_i * energy_scale / sqrt(avg_num_atoms) + atom_ref[species_i]
         self.register_buffer("energy_scale", torch.ones((), dtype=torch.float64))
@@ -259,45 +262,127 @@ class Equiformer(torch.nn.Module):
     def energies_and_gradient(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
                               n_local: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies [N] (float64) and the gradient of the first ``n_local`` atoms'
-        energy with respect to the edge vectors, with the memory of one layer: the forward pass
-        keeps only node features between layers, and the backward sweep recomputes each layer
-        (about one extra forward pass of time, peak memory that no longer grows with depth)."""
+        energy with respect to the edge vectors, with the memory of one chunk of edges.
+
+        Edges are sorted by centre atom and evaluated ``edge_chunk`` at a time (whole centres,
+        so each softmax stays inside a chunk). The forward pass keeps only node features
+        between layers and the edge features; the backward sweep recomputes each layer one
+        chunk at a time (the last block with an MLP head not: it runs with its gradient at
+        once) and collects the gradient with respect to the edge features, taken back to the
+        edge vectors once at the end. Costs about one extra forward pass of all but the last
+        block; peak memory grows with the atoms, not with edges x layers.
+        """
         vec = edge_vectors.detach().to(self.energy_dtype())
-        src, dst = edge_index[0], edge_index[1]
-        xs: List[torch.Tensor] = []
+        num_atoms = species.shape[0]
+        order = torch.argsort(edge_index[1], stable=True)
+        src, dst = edge_index[0][order], edge_index[1][order]
+        vec = vec[order]
+        chunks = centre_chunks(dst, num_atoms, self.edge_chunk)
+        nodes, edges = chunks
+        # an MLP head is per atom, like everything after the last block's attention: the last
+        # block and the head then run a chunk at a time with their gradient at once, no recompute
+        fused = not self.head.attention and self.num_layers > 0
+        xs: List[torch.Tensor] = []  # each block's input
+        hs: List[torch.Tensor] = []  # and its feed-forward's input
         with torch.no_grad():
-            sh, basis, weight, frames = self.edge_features(vec)
-            x = self.atom_embed(species) + self.edge_deg_embed(species.shape[0], dst, sh, basis, weight)
-            for blk in self.blocks:
+            features = self.edge_features(vec)
+            x = self.atom_embed(species) + self._embed_chunked(dst, features, chunks)
+            for i, blk in enumerate(self.blocks):
                 xs.append(x)
-                x = blk(x, src, dst, sh, basis, weight, frames)
-        v = vec.clone().requires_grad_(True)
-        x = x.requires_grad_(True)
-        e_atoms = self.readout(species, x, edge_index, v)
-        grads = torch.autograd.grad([e_atoms[:n_local].sum()], [x, v], allow_unused=True)
-        grad_x = grads[0]
+                if not fused or i < self.num_layers - 1:
+                    hs.append(blk.attention_chunked(x, src, dst, features, chunks))
+                    x = blk.feed_forward(hs[-1])
+        grad_features = [torch.zeros_like(f) for f in feature_list(features)]
         grad = torch.zeros_like(vec)
-        g = grads[1]
-        if g is not None:
-            grad = grad + g
-        for k in range(len(xs) - 1, -1, -1):
-            if grad_x is None:
-                break
+        if fused:
+            e_atoms, g_x = self._last_block_and_head(species, n_local, xs[-1], src, dst, features, chunks,
+                                                     grad_features)
+            xs = xs[:-1]
+        else:
             v = vec.clone().requires_grad_(True)
-            x = xs[k].requires_grad_(True)
-            seed: List[Optional[torch.Tensor]] = [grad_x]
-            grads = torch.autograd.grad([self.block(k, x, edge_index, v)], [x, v], seed, allow_unused=True)
-            grad_x = grads[0]
+            x = x.requires_grad_(True)
+            e_atoms = self.readout(species, x, torch.stack([src, dst]), v)
+            grads = torch.autograd.grad([e_atoms[:n_local].sum()], [x, v], allow_unused=True)
             g = grads[1]
             if g is not None:
-                grad = grad + g
-        if grad_x is not None:
-            v = vec.clone().requires_grad_(True)
-            seed: List[Optional[torch.Tensor]] = [grad_x]
-            g = torch.autograd.grad([self.embed(species, edge_index, v)], [v], seed, allow_unused=True)[0]
-            if g is not None:
-                grad = grad + g
-        return e_atoms.detach(), grad
+                grad = g
+            g_x = grads[0]
+            if g_x is None:
+                g_x = torch.zeros_like(x)
+        for k in range(len(xs) - 1, -1, -1):
+            for i, layer in enumerate(self.blocks):
+                if i == k:
+                    g_x = layer.backward_chunked(xs[k], hs[k], g_x, src, dst, features, chunks, grad_features)
+        for c in range(len(nodes) - 1):
+            a, b, ea, eb = nodes[c], nodes[c + 1], edges[c], edges[c + 1]
+            sh, basis, weight, _ = slice_features(features, ea, eb)
+            leaves = [sh.detach().requires_grad_(True), basis.detach().requires_grad_(True),
+                      weight.detach().requires_grad_(True)]
+            out = self.edge_deg_embed(b - a, dst[ea:eb] - a, leaves[0], leaves[1], leaves[2])
+            seed: List[Optional[torch.Tensor]] = [g_x[a:b]]
+            gs = torch.autograd.grad([out], leaves, seed, allow_unused=True)
+            for i in range(3):
+                g = gs[i]
+                if g is not None:
+                    grad_features[i][ea:eb] += g
+        # edge features -> edge vectors, a chunk at a time
+        for c in range(len(nodes) - 1):
+            ea, eb = edges[c], edges[c + 1]
+            v = vec[ea:eb].clone().requires_grad_(True)
+            outs = feature_list(self.edge_features(v))
+            used: List[torch.Tensor] = []
+            seeds: List[Optional[torch.Tensor]] = []
+            for f, gf in zip(outs, grad_features):
+                if f.requires_grad:
+                    used.append(f)
+                    seeds.append(gf[ea:eb])
+            if len(used) > 0:
+                g = torch.autograd.grad(used, [v], seeds, allow_unused=True)[0]
+                if g is not None:
+                    grad[ea:eb] += g
+        return e_atoms.detach(), torch.zeros_like(grad).index_copy_(0, order, grad)
+
+    def _last_block_and_head(self, species: torch.Tensor, n_local: int, x: torch.Tensor, edge_src: torch.Tensor,
+                             edge_dst: torch.Tensor, features: EdgeFeatures, chunks: Chunks,
+                             grad_features: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies from the last block's input ``x`` through the last block and an MLP
+        head, a chunk of centres at a time, and the gradient of the local atoms' energy with
+        respect to ``x`` (the edge features' go to ``grad_features``)."""
+        nodes, _ = chunks
+        parts: List[torch.Tensor] = []
+        g_x = torch.zeros_like(x)
+        no_edges = edge_src[:0]
+        for i, layer in enumerate(self.blocks):
+            if i == self.num_layers - 1:
+                x, src_side, dst_side = layer.chunk_inputs(x)
+                grad_x = torch.zeros_like(x)
+                grad_src = torch.zeros_like(src_side)
+                grad_dst = torch.zeros_like(dst_side)
+                for c in range(len(nodes) - 1):
+                    a, b = nodes[c], nodes[c + 1]
+                    att, leaves = layer.chunk_attention(c, src_side, dst_side, edge_src, edge_dst, features, chunks)
+                    rows = x[a:b].detach().requires_grad_(True)
+                    out = layer.feed_forward(rows + att)
+                    e = self._energies(species[a:b], self.head(out, no_edges, no_edges, out[:0], out[:0], out[:0], []))
+                    local: List[Optional[torch.Tensor]] = [(torch.arange(a, b, device=e.device) < n_local).to(e.dtype)]
+                    grads = torch.autograd.grad([e], [rows] + leaves, local, allow_unused=True)
+                    g = grads[0]
+                    if g is not None:
+                        grad_x[a:b] += g
+                    layer.chunk_accumulate(c, grads[1:], grad_src, grad_dst, grad_features, edge_src, chunks)
+                    parts.append(e.detach())
+                g_x = layer.chunk_finish(x, src_side, dst_side, grad_x, grad_src, grad_dst)
+        return torch.cat(parts, dim=0), g_x
+
+    def _embed_chunked(self, edge_dst: torch.Tensor, features: EdgeFeatures, chunks: Chunks) -> torch.Tensor:
+        """The edge-degree embedding of ``energies_and_gradient``, a chunk of centres at a time."""
+        nodes, edges = chunks
+        parts: List[torch.Tensor] = []
+        for c in range(len(nodes) - 1):
+            a, b, ea, eb = nodes[c], nodes[c + 1], edges[c], edges[c + 1]
+            sh, basis, weight, _ = slice_features(features, ea, eb)
+            parts.append(self.edge_deg_embed(b - a, edge_dst[ea:eb] - a, sh, basis, weight))
+        return torch.cat(parts, dim=0)
 
     def energy_dtype(self) -> torch.dtype:
         return self.atom_embed.weight.dtype
@@ -361,6 +446,8 @@ def clone_model(model: Equiformer) -> Equiformer:
     """An independent copy (``copy.deepcopy`` cannot copy e3nn's harmonics module)."""
     copy_ = Equiformer(model.hparams).to(device=model.energy_scale.device, dtype=model.energy_dtype())
     copy_.load_state_dict(model.state_dict())
+    copy_.edge_frames = model.edge_frames
+    copy_.edge_chunk = model.edge_chunk
     return copy_.train(model.training)
 
 

@@ -498,8 +498,9 @@ def real_models(tmp_path_factory) -> Dict[str, str]:
         model = build_model({"preset": "tiny", "species": ["Cu"], "cutoff": 4.0, **extra}, dtype=torch.float64)
         out[name] = str(d / f"{name}.pt")
         export_model(model, out[name], "float64")
-        if name == "tiny":  # the same model, evaluated layer by layer on every graph
+        if name == "tiny":  # the same model on the chunked route (many chunks) for every graph
             out["tiny-layerwise"] = str(d / "tiny-layerwise.pt")
+            model.edge_chunk = 50
             export_model(model, out["tiny-layerwise"], "float64", layerwise_edges=0)
     return out
 
@@ -569,8 +570,8 @@ def test_real_equiformer_ghost_mode(tmp_path, real_models):
 
 @pytest.mark.parametrize("nprocs,mode", [(1, "map"), (2, "layer")])
 def test_real_equiformer_recomputed_layers(tmp_path, real_models, nprocs, mode):
-    """A model exported to recompute its layers (large graphs: the forward's layer-by-layer
-    gradient, and `mode layer`'s recomputation) gives the calculator's numbers too."""
+    """A model exported to recompute its layers (large graphs: the forward's chunked gradient,
+    and `mode layer`'s recomputation) gives the calculator's numbers too."""
     _check_real_static(tmp_path, real_models["tiny-layerwise"], nprocs, mode, "on")
 
 

@@ -16,9 +16,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float64", help="float32 (fast) or float64 (reference); default float64")
     p.add_argument("--device", default="cpu", help="cpu or cuda (engines may move the model); default cpu")
     p.add_argument("--layerwise-above", type=int, metavar="EDGES",
-                   help="graphs with more edges are evaluated layer by layer: the memory of one layer for about "
-                        "one extra forward pass of time (0: always, -1: never); default: where one pass would keep "
-                        "more than 2 GiB")
+                   help="graphs with more edges are evaluated by chunks of centre atoms, layers recomputed: "
+                        "memory that grows with the atoms only, for about one extra forward pass of the attention "
+                        "(0: always, -1: never); default: where one pass would keep more than 2 GiB")
     p.add_argument("--official-recipe", metavar="RECIPE.json",
                    help="the checkpoint is an official Equiformer MD17 {'state_dict'}; the recipe gives model_name, "
                         "irreps_in, radius, num_basis, task_mean, task_std, energy_unit, length_unit")

@@ -14,16 +14,16 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PROBE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
-# default memory for one autograd pass over all layers; beyond it the engine recomputes layer by layer
+# default memory for one autograd pass over all layers; beyond it the engine takes the chunked route
 SINGLE_PASS_MEMORY = 2 * 1024 ** 3
 
 
 class EquiformerEngineModel(EngineModel):
     """The contract's forward plus the layer-by-layer methods used for per-layer exchange.
 
-    Graphs with more than ``layerwise_edges`` edges take the model's layer-by-layer gradient
-    (`Equiformer.energies_and_gradient`): the same numbers with the memory of one layer, for
-    about one extra forward pass of time. -1: never.
+    Graphs with more than ``layerwise_edges`` edges take the model's chunked gradient
+    (`Equiformer.energies_and_gradient`): the same numbers with memory that grows with the
+    atoms only, for about one extra forward pass of the attention. -1: never.
     """
 
     def __init__(self, model: Equiformer, layerwise_edges: int = -1):
@@ -121,7 +121,7 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
                  layerwise_edges: Optional[int] = None) -> Dict[str, str]:
     """Script, check against eager on a probe structure, and write atomically. Returns the metadata.
 
-    ``layerwise_edges``: graphs with more edges are evaluated layer by layer (see
+    ``layerwise_edges``: graphs with more edges take the chunked route (see
     EquiformerEngineModel); default: where one autograd pass would keep more than
     SINGLE_PASS_MEMORY bytes; -1: never."""
     if dtype not in DTYPES:
@@ -144,10 +144,14 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
     n = int(species.shape[0])
     ref = engine(species, edge_index, vectors, n)
     tol = PROBE_TOLERANCE[torch_dtype]
-    # both routes of the scripted forward must reproduce the eager model
-    for route, threshold in (("single-pass", -1), ("layer-by-layer", 0)):
+    # both routes of the scripted forward must reproduce the eager model (the chunked one with
+    # several chunks)
+    chunk = scripted.model.edge_chunk
+    for route, threshold in (("single-pass", -1), ("chunked", 0)):
         scripted.layerwise_edges = threshold
+        scripted.model.edge_chunk = max(1, int(edge_index.shape[1]) // 3)
         got = scripted(species, edge_index, vectors, n)
+        scripted.model.edge_chunk = chunk
         for key in ("energy", "forces", "virial"):
             scale = max(1.0, float(ref[key].abs().max()))
             err = float((ref[key] - got[key]).abs().max())

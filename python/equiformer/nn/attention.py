@@ -182,8 +182,19 @@ class GraphAttention(torch.nn.Module):
                 edge_basis: torch.Tensor, edge_weight: torch.Tensor, frames: List[torch.Tensor]) -> torch.Tensor:
         """``frames``: the edges' Wigner D matrices (edge_frame.py) to compute in edge frames,
         or empty for the reference SO(3) products; both compute the same function."""
-        n = x.shape[0]
-        message = self.merge_src(x)[edge_src] + self.merge_dst(x)[edge_dst]
+        src_side, dst_side = self.node_inputs(x)
+        return self.edges(src_side[edge_src], dst_side, edge_dst, edge_sh, edge_basis, edge_weight, frames)
+
+    def node_inputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom inputs of the messages: (source side, centre side)."""
+        return self.merge_src(x), self.merge_dst(x)
+
+    def edges(self, src_rows: torch.Tensor, dst_side: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
+              edge_basis: torch.Tensor, edge_weight: torch.Tensor, frames: List[torch.Tensor]) -> torch.Tensor:
+        """Attention output of the centres ``dst_side`` indexes (a subset of atoms when whole
+        centres are evaluated a chunk at a time); ``src_rows``: source side of each edge."""
+        n = dst_side.shape[0]
+        message = src_rows + dst_side[edge_dst]
         if len(frames) > 0:
             alpha, value = self._frame_messages(message, edge_basis, frames)
             return self._attend(alpha, value, edge_dst, edge_weight, n)
@@ -266,9 +277,20 @@ class DotProductAttention(torch.nn.Module):
     def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
                 edge_basis: torch.Tensor, edge_weight: torch.Tensor, frames: List[torch.Tensor]) -> torch.Tensor:
         """``frames`` as in GraphAttention.forward."""
-        n = x.shape[0]
-        q = vec_to_heads(self.query(x), self.q_layout, self.num_heads) * self.scale.to(x.dtype)
-        message = self.merge_src(x)[edge_src] + self.merge_dst(x)[edge_dst]
+        src_side, dst_side = self.node_inputs(x)
+        return self.edges(src_side[edge_src], dst_side, edge_dst, edge_sh, edge_basis, edge_weight, frames)
+
+    def node_inputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(source side, centre side: merged message part and query side by side)."""
+        return self.merge_src(x), torch.cat([self.merge_dst(x), self.query(x)], dim=1)
+
+    def edges(self, src_rows: torch.Tensor, dst_side: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
+              edge_basis: torch.Tensor, edge_weight: torch.Tensor, frames: List[torch.Tensor]) -> torch.Tensor:
+        """As GraphAttention.edges."""
+        n = dst_side.shape[0]
+        merged, query = dst_side.split([src_rows.shape[1], dst_side.shape[1] - src_rows.shape[1]], dim=1)
+        q = vec_to_heads(query, self.q_layout, self.num_heads) * self.scale.to(query.dtype)
+        message = src_rows + merged[edge_dst]
         if len(frames) > 0:
             kv = self.key_value.forward_frame(to_frame(message, self.irreps_node, frames),
                                               self.key_value.dtp_rad(edge_basis))
