@@ -41,6 +41,9 @@ EdgeFeatures = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[torch.Tensor
 def centre_chunks(edge_dst: torch.Tensor, num_nodes: int, chunk_edges: int) -> Chunks:
     """Chunks of consecutive centres with about ``chunk_edges`` edges each (more only where
     one centre has more); ``edge_dst`` sorted."""
+    if chunk_edges < 1:
+        raise ValueError("edge_chunk must be a positive number of edges per chunk, got " + str(chunk_edges)
+                         + "; set model.edge_chunk to e.g. 2048")
     ends = torch.cumsum(torch.bincount(edge_dst, minlength=num_nodes), 0)
     num_chunks = max(1, (edge_dst.shape[0] + chunk_edges - 1) // chunk_edges)
     targets = torch.arange(1, num_chunks, device=edge_dst.device) * chunk_edges

@@ -167,3 +167,14 @@ def test_centre_chunks():
     assert nodes == [0, 2, 5, 7] and edges == [0, 3, 6, 12]
     assert centre_chunks(dst, 7, 100) == ([0, 7], [0, 12])
     assert centre_chunks(dst[:0], 3, 4) == ([0, 3], [0, 0])
+    with pytest.raises(ValueError, match="edge_chunk must be a positive"):
+        centre_chunks(dst, 7, 0)
+
+
+def test_bad_edge_chunk_is_a_clear_error_in_the_scripted_model():
+    model = build_model({"preset": "tiny", "species": SPECIES}, dtype=torch.float64)
+    scripted = torch.jit.script(model)
+    scripted.edge_chunk = 0
+    species, edge_index, vec = random_graph(seed=2)
+    with pytest.raises(Exception, match="edge_chunk must be a positive"):
+        scripted.energies_and_gradient(species, edge_index, vec, len(species))
