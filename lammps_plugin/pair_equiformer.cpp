@@ -43,7 +43,7 @@ const char *mode_name(int mode)
 
 PairEquiformer::PairEquiformer(LAMMPS *lmp) :
     Pair(lmp), device_request("auto"), mode_request(MODE_AUTO), mode(MODE_AUTO), cutoff_lmp(0.0),
-    range_lmp(0.0), length_to_model(1.0), energy_to_lmp(1.0), offset_lmp(0.0), logged(false),
+    range_lmp(0.0), length_to_model(1.0), energy_to_lmp(1.0), offset_lmp(0.0), logged(false), warned_close(false),
     n_local_nodes(0), result(new equiformer::Result), fold_vatom(0), comm_width(0), comm_what(COMM_FOLD),
     max_width(0)
 {
@@ -146,6 +146,44 @@ std::string PairEquiformer::device_for_this_rank()
 }
 
 /* ----------------------------------------------------------------------
+   every rank passes its own outcome (empty: success); when any rank failed, all stop
+   together with the first failing rank's message, printed once (never a hang or a bare
+   MPI abort)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::stop_together(const std::string &failure)
+{
+  int mine = failure.empty() ? comm->nprocs : comm->me, first = comm->nprocs;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, world);
+  if (first == comm->nprocs) return;
+  int len = (comm->me == first) ? static_cast<int>(failure.size()) : 0;
+  MPI_Bcast(&len, 1, MPI_INT, first, world);
+  std::vector<char> text(failure.begin(), failure.end());
+  text.resize(len);
+  MPI_Bcast(text.data(), len, MPI_CHAR, first, world);
+  const std::string message(text.begin(), text.end());
+  if (comm->nprocs > 1) error->all(FLERR, "pair equiformer (on MPI rank {}): {}", first, message);
+  error->all(FLERR, "pair equiformer: {}", message);
+}
+
+/* ----------------------------------------------------------------------
+   the ranks must have loaded the same model (one path can name different files on
+   different nodes, or a variable can make the path depend on the rank)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::check_same_model()
+{
+  uint64_t mine = model->fingerprint(), first = mine;
+  MPI_Bcast(&first, 1, MPI_UINT64_T, 0, world);
+  int odd = (mine != first) ? comm->me : comm->nprocs, which = comm->nprocs;
+  MPI_Allreduce(&odd, &which, 1, MPI_INT, MPI_MIN, world);
+  if (which < comm->nprocs)
+    error->all(FLERR, "pair equiformer: MPI ranks 0 and {} loaded different model files (pair_coeff names {} on "
+               "rank 0); every rank must read the same file: check that the file is identical on every node, "
+               "and that the path does not depend on the rank", which, model_file);
+}
+
+/* ----------------------------------------------------------------------
    pair_coeff * * MODEL.pt SYMBOL|NULL ... (one per atom type)
 ------------------------------------------------------------------------- */
 
@@ -168,15 +206,8 @@ void PairEquiformer::coeff(int narg, char **arg)
   } catch (std::exception &e) {
     failure = e.what();
   }
-  // all ranks read the same file; agree on failure so that error->all() cannot hang
-  int bad = failure.empty() ? 0 : 1, anybad = 0, allbad = 0;
-  MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_MAX, world);
-  MPI_Allreduce(&bad, &allbad, 1, MPI_INT, MPI_MIN, world);
-  if (allbad) error->all(FLERR, "pair equiformer: {}", failure);    // the usual case: clean exit
-  if (anybad) {
-    if (bad) error->one(FLERR, "pair equiformer: {}", failure);
-    error->all(FLERR, "pair equiformer: loading {} failed on another rank", model_file);
-  }
+  stop_together(failure);
+  check_same_model();
 
   type2species.assign(ntypes + 1, -1);
   type2symbol.assign(ntypes + 1, "NULL");
@@ -208,6 +239,7 @@ void PairEquiformer::coeff(int narg, char **arg)
     }
   if (count == 0) error->all(FLERR, "pair_coeff: every atom type is NULL; map at least one type to a species");
   logged = false;
+  warned_close = false;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -265,7 +297,7 @@ void PairEquiformer::init_style()
     } catch (std::exception &e) {
       failure = e.what();
     }
-    if (!failure.empty()) error->all(FLERR, "pair equiformer: {}", failure);
+    stop_together(failure);
     comm_forward = max_width;
     comm_reverse = std::max(9, max_width);
   }
@@ -480,7 +512,26 @@ void PairEquiformer::compute(int eflag, int vflag)
   } catch (std::exception &e) {
     error->one(FLERR, "pair equiformer: {}", e.what());
   }
+  if (!warned_close) warn_close_atoms();
   apply_result(*result, eflag, vflag);
+}
+
+/* ----------------------------------------------------------------------
+   once per run: two atoms closer than the model is meant for (it has no repulsion built
+   in, so overlapping atoms get a finite energy and no force pushing them apart)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::warn_close_atoms()
+{
+  double mine = result->min_distance, closest = mine;
+  MPI_Allreduce(&mine, &closest, 1, MPI_DOUBLE, MPI_MIN, world);
+  if (!(closest < model->min_distance())) return;
+  warned_close = true;
+  if (comm->me == 0)
+    error->warning(FLERR, "pair equiformer: two atoms are {:.4g} Angstrom apart at step {}, closer than the "
+                   "{:.4g} Angstrom the model is meant for: it has no repulsion there and its energy is not "
+                   "physical (atoms created on top of each other? a time step too long?); reported once",
+                   closest / length_to_model, update->ntimestep, model->min_distance() / length_to_model);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -56,6 +56,9 @@ class PairEquiformer : public Pair {
  protected:
   void allocate();
   std::string device_for_this_rank();
+  void stop_together(const std::string &failure);
+  void check_same_model();
+  void warn_close_atoms();
   void build_graph_map();
   void build_graph_ghost();
   void build_graph_layer();
@@ -76,6 +79,7 @@ class PairEquiformer : public Pair {
   double energy_to_lmp;    // model energy -> LAMMPS energy
   double offset_lmp;       // energy_offset in LAMMPS energy units
   bool logged;
+  bool warned_close;       // the close-atoms warning was given (once per pair_coeff)
 
   // graph of the current step
   std::vector<int> node_of;          // LAMMPS atom index -> graph node (-1: not in graph)

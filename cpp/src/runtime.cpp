@@ -1,13 +1,18 @@
 // Implementation of equiformer::Model over libtorch (TorchScript).
 #include "equiformer/runtime.h"
 
+#include "archive.h"
+
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -25,7 +30,10 @@ const char *const kMetaKeys[] = {"format",        "format_version", "package_ver
                                  "cutoff",        "num_layers",     "interaction_range",
                                  "species_symbols", "atomic_numbers", "length_unit",
                                  "energy_unit",   "dtype",          "device",
-                                 "energy_offset", "hyperparameters"};
+                                 "energy_offset", "hyperparameters", "min_distance"};
+
+// closest approach the model is meant for when the file does not say (docs/model-format.md)
+constexpr double kDefaultMinDistanceAngstrom = 0.5;
 
 std::string trim(const std::string &s)
 {
@@ -150,12 +158,13 @@ struct Model::Impl {
   std::string device_name;
   torch::ScalarType dtype = torch::kFloat64;
   std::unordered_map<std::string, std::string> meta;
-  double cutoff = 0.0, interaction_range = 0.0, energy_offset = 0.0;
+  double cutoff = 0.0, interaction_range = 0.0, energy_offset = 0.0, min_distance = 0.0;
   int num_layers = 1;
   std::vector<std::string> symbols;
   std::vector<int> numbers;
   std::string length_unit, energy_unit, dtype_name;
   bool layer_methods = false;
+  uint64_t fingerprint = 0;
   int64_t layerwise_edges = -1;  // the model's threshold for recomputing layers (-1: never)
   mutable std::vector<int64_t> feature_sizes;  // layer_feature_sizes(), found on first use
 
@@ -189,6 +198,11 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
     if (!probe.good())
       throw Error("model file '" + path + "' does not exist or cannot be read; " + kHowToExport);
   }
+  const ArchiveCheck archive = check_archive(path);
+  if (!archive.damage.empty())
+    throw Error("model file '" + path + "' " + archive.damage + "; the file was corrupted (disk, copy or "
+                "transfer): copy it again or re-export it with equiformer-export");
+  m.fingerprint = archive.fingerprint;
   m.device = resolve_device(device);
   m.device_name = m.device.str();
 
@@ -233,7 +247,9 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
     throw Error("'" + path + "': species_symbols and atomic_numbers have different lengths");
   m.length_unit = m.meta["length_unit"];
   m.energy_unit = m.meta["energy_unit"];
-  length_conversion(m.length_unit, "Angstrom");  // throws on unknown units
+  const double angstrom = length_conversion("Angstrom", m.length_unit);  // throws on unknown units
+  m.min_distance = m.meta["min_distance"].empty() ? kDefaultMinDistanceAngstrom * angstrom
+                                                 : parse_double(path, "min_distance", m.meta["min_distance"]);
   energy_conversion(m.energy_unit, "eV");
   m.dtype_name = m.meta["dtype"];
   if (m.dtype_name == "float64")
@@ -262,8 +278,10 @@ const std::string &Model::length_unit() const { return impl_->length_unit; }
 const std::string &Model::energy_unit() const { return impl_->energy_unit; }
 const std::string &Model::dtype() const { return impl_->dtype_name; }
 double Model::energy_offset() const { return impl_->energy_offset; }
+double Model::min_distance() const { return impl_->min_distance; }
 const std::string &Model::device() const { return impl_->device_name; }
 bool Model::has_layer_methods() const { return impl_->layer_methods; }
+uint64_t Model::fingerprint() const { return impl_->fingerprint; }
 
 std::string Model::metadata(const std::string &key) const
 {
@@ -324,6 +342,17 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
   return m.feature_sizes;
 }
 
+// length of the shortest edge (infinity without edges)
+static double shortest_edge(int64_t n_edges, const double *edge_vectors)
+{
+  double d2 = std::numeric_limits<double>::infinity();
+  for (int64_t e = 0; e < n_edges; ++e) {
+    const double *v = edge_vectors + 3 * e;
+    d2 = std::min(d2, v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
+  }
+  return std::sqrt(d2);
+}
+
 // the same input checks for every entry point; `what` names the caller in messages
 static void check_inputs(const char *what, int64_t nspecies, int64_t n_atoms, const int64_t *species,
                          int64_t n_edges, const int64_t *src, const int64_t *dst, int64_t n_local)
@@ -355,6 +384,7 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
   out.forces.assign(3 * n_atoms, 0.0);
   out.virial.fill(0.0);
   out.atom_virial.assign(want_atom_virial ? 9 * n_atoms : 0, 0.0);
+  out.min_distance = shortest_edge(n_edges, edge_vectors);
 
   // Nothing to evaluate here: still take part in every exchange (the other ranks need it).
   if (n_local == 0) {
@@ -508,6 +538,7 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
   out.forces.assign(3 * n_atoms, 0.0);
   out.virial.fill(0.0);
   out.atom_virial.assign(want_atom_virial ? 9 * n_atoms : 0, 0.0);
+  out.min_distance = shortest_edge(n_edges, edge_vectors);
   // No local atom: the local energy is an empty sum, all its derivatives vanish.
   if (n_local == 0) return;
 

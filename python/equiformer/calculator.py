@@ -10,7 +10,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .data.atoms import species_indices
 from .data.neighbors import neighbor_list
-from .export.contract import read_metadata
+from .export.contract import min_distance_of, read_metadata, warn_close_atoms
 from .units import energy_factor, length_factor
 
 
@@ -36,6 +36,7 @@ class EquiformerCalculator(Calculator):
             self.cutoff = float(meta["cutoff"])
             self.dtype = getattr(torch, meta["dtype"])
             self.energy_offset = float(meta["energy_offset"])
+            self.min_distance = min_distance_of(meta)
             units = (meta["energy_unit"], meta["length_unit"])
         else:
             from .export.torchscript import EquiformerEngineModel
@@ -50,8 +51,10 @@ class EquiformerCalculator(Calculator):
             self.dtype = eager.energy_dtype()
             self.energy_offset = float(eager.energy_offset)
             units = (eager.hparams["energy_unit"], eager.hparams["length_unit"])
+            self.min_distance = min_distance_of({"length_unit": units[1]})
         self.to_ev = energy_factor(units[0], "eV")
         self.to_model_length = length_factor("Angstrom", units[1])
+        self.warned_close = False
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -65,6 +68,10 @@ class EquiformerCalculator(Calculator):
         pbc = atoms.get_pbc()
         edge_index, shifts, _ = neighbor_list(pos, self.cutoff, cell if pbc.any() else None, pbc)
         vectors = pos[edge_index[0]] - pos[edge_index[1]] + shifts
+        if not self.warned_close and len(vectors) > 0:
+            closest = float(np.sqrt((vectors * vectors).sum(1).min()))
+            self.warned_close = warn_close_atoms(closest / self.to_model_length, self.min_distance / self.to_model_length,
+                                                 "Angstrom")
         out = self.engine(species.to(self.device), torch.from_numpy(edge_index).to(self.device),
                           torch.tensor(vectors, dtype=self.dtype, device=self.device), n)
         e_unit, l_unit = self.to_ev, self.to_ev * self.to_model_length  # energy, energy/length conversions

@@ -19,6 +19,7 @@ from .nn.block import TransformerBlock
 from .nn.edge_frame import EdgeFrame
 from .nn.embedding import AtomEmbedding, EdgeDegreeEmbedding
 from .nn.irreps import blocks, check_sorted
+from .nn.norm import LAYER_NORMS
 from .nn.radial import BesselBasis, ExpNormalBasis, GaussianBasis, cosine_cutoff
 from .nn.readout import EnergyHead
 from .nn.segment import Chunks, EdgeFeatures, centre_chunks, feature_list, slice_features
@@ -43,7 +44,8 @@ DEFAULTS: Dict[str, object] = {
     "rescale_degree": False,
     "avg_degree": 15.57930850982666,  # normalises the edge-degree embedding sum
     "avg_num_atoms": 18.03065905448718,  # normalises the per-atom energy output
-    "smooth_cutoff": True,  # envelope on attention and degree sums (False: official, discontinuous)
+    "layer_norm": "joint",  # 'joint': one RMS per atom (smooth); 'per_block': official, per irrep block
+    "attention_cutoff": "envelope",  # cutoff weight on attention: 'envelope', 'softmax' or 'mask' (official)
     "energy_unit": "eV",
     "length_unit": "Angstrom",
 }
@@ -83,10 +85,36 @@ PRESETS: Dict[str, Dict[str, object]] = {
 MODEL_PRESETS = PRESETS
 
 
+# How the cutoff weight w(r) of an edge enters attention (docs/architecture.md):
+#   envelope  w inside the softmax and as a factor on each weight: smooth, also when an
+#             atom's first neighbour enters (default)
+#   softmax   w inside the softmax only: models made before 'envelope'; the energy jumps when
+#             an atom with no neighbour gets one
+#   mask      0/1 inside the cutoff: the official model (imports), discontinuous at the cutoff
+ATTENTION_CUTOFFS = ("envelope", "softmax", "mask")
+
+
+def saved_hparams(hparams: Dict[str, object]) -> Dict[str, object]:
+    """Hyperparameters as stored in a checkpoint of any package version: files written before
+    `layer_norm` and `attention_cutoff` existed (they store `smooth_cutoff`) rebuild the
+    function they were trained as (per-block norm; envelope inside the softmax or a mask)."""
+    hparams = dict(hparams)
+    legacy = hparams.pop("smooth_cutoff", None)
+    hparams.setdefault("layer_norm", "per_block")
+    if "attention_cutoff" not in hparams:
+        hparams["attention_cutoff"] = "mask" if legacy is False else "softmax"
+    return hparams
+
+
 def resolve_hparams(hparams: Dict[str, object]) -> Dict[str, object]:
     """Defaults <- preset <- explicit values, validated."""
     hparams = dict(hparams)
     preset = hparams.pop("preset", None)
+    if "smooth_cutoff" in hparams:  # the older name: false -> 'mask', true -> 'envelope'
+        legacy = hparams.pop("smooth_cutoff")
+        if "attention_cutoff" in hparams:
+            raise ValueError("give 'attention_cutoff' only; 'smooth_cutoff' is its older name")
+        hparams["attention_cutoff"] = "envelope" if legacy else "mask"
     out = copy.deepcopy(DEFAULTS)
     if preset is not None:
         if preset not in PRESETS:
@@ -110,6 +138,11 @@ def resolve_hparams(hparams: Dict[str, object]) -> Dict[str, object]:
         raise ValueError(f"'radial_basis' must be 'exp', 'gaussian' or 'bessel', got {out['radial_basis']!r}")
     if out["attention"] not in ("mlp", "dot_product"):
         raise ValueError(f"'attention' must be 'mlp' or 'dot_product', got {out['attention']!r}")
+    if out["layer_norm"] not in LAYER_NORMS:
+        raise ValueError(f"'layer_norm' must be one of {', '.join(LAYER_NORMS)}, got {out['layer_norm']!r}")
+    if out["attention_cutoff"] not in ATTENTION_CUTOFFS:
+        raise ValueError(f"'attention_cutoff' must be one of {', '.join(ATTENTION_CUTOFFS)}, "
+                         f"got {out['attention_cutoff']!r}")
     out["species"] = list(species)
     out["cutoff"] = float(out["cutoff"])
     out["radial_hidden"] = [int(c) for c in out["radial_hidden"]]
@@ -126,7 +159,9 @@ class Equiformer(torch.nn.Module):
         self.species_symbols: List[str] = list(hp["species"])
         self.cutoff = float(hp["cutoff"])
         self.num_layers = int(hp["num_layers"])
-        self.smooth_cutoff = bool(hp["smooth_cutoff"])
+        self.smooth_cutoff = hp["attention_cutoff"] != "mask"
+        norm = str(hp["layer_norm"])
+        envelope = hp["attention_cutoff"] == "envelope"
         irreps_node = blocks(hp["irreps_node"])
         irreps_sh = blocks(hp["irreps_sh"])
         irreps_feature = blocks(hp["irreps_feature"])
@@ -152,14 +187,15 @@ class Equiformer(torch.nn.Module):
         self.blocks = torch.nn.ModuleList([
             TransformerBlock(irreps_node, irreps_sh, irreps_node if k < self.num_layers - 1 else irreps_feature,
                              irreps_head, int(hp["num_heads"]), irreps_mlp, radial, bool(hp["nonlinear_message"]),
-                             bool(hp["rescale_degree"]), dot_product=hp["attention"] == "dot_product")
+                             bool(hp["rescale_degree"]), dot_product=hp["attention"] == "dot_product", norm=norm,
+                             envelope=envelope)
             for k in range(self.num_layers)
         ])
         # message-passing hops from a neighbour to an atom's energy: the edge-degree embedding,
         # every block, and an attention head
         self.num_hops = self.num_layers + 1 + int(bool(hp["attention_head"]))
         self.head = EnergyHead(irreps_feature, bool(hp["attention_head"]), irreps_sh, irreps_head,
-                               int(hp["num_heads"]), radial)
+                               int(hp["num_heads"]), radial, norm=norm, envelope=envelope)
         # attention computes in edge-aligned frames (nn/edge_frame.py): the same function as the
         # SO(3) products, faster; `use_edge_frames(False)` selects the reference path
         self.frame = EdgeFrame(max(l for _, l, _ in irreps_node + irreps_feature + irreps_head))

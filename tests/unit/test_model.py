@@ -324,9 +324,9 @@ def test_energy_and_forces_continuous_at_cutoff(model):
 
 
 def test_hard_cutoff_is_discontinuous():
-    """smooth_cutoff=False (official behaviour): an edge enters the softmax and the degree
+    """attention_cutoff="mask" (official behaviour): an edge enters the softmax and the degree
     sum with full weight, so the energy jumps when an atom crosses the cutoff."""
-    m = make_model(smooth_cutoff=False)
+    m = make_model(attention_cutoff="mask")
     de, df = _cutoff_jump(m, 1e-6)
     assert de > 1e-6 and df > 1e-6
 

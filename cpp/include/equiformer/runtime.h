@@ -25,6 +25,7 @@ struct Result {
   std::vector<double> forces;          // [N*3], ghosts included
   std::array<double, 9> virial{};      // row-major 3x3, LAMMPS sign (sum r (x) f)
   std::vector<double> atom_virial;     // [N*9] row-major, empty unless asked for
+  double min_distance = 0.0;           // shortest edge given (model length unit; inf: none)
 };
 
 // Communication between the layers of a per-layer evaluation (Model::compute_layered).
@@ -65,8 +66,14 @@ class Model {
   const std::string &energy_unit() const; // "eV", "kcal/mol" or "kJ/mol"
   const std::string &dtype() const;       // "float32" or "float64"
   double energy_offset() const;           // per-structure constant, see the format doc
+  // Closest approach of two atoms the model is meant for (model length unit): engines warn
+  // when Result::min_distance falls below it (the model has no repulsion built in).
+  double min_distance() const;
   const std::string &device() const;      // the device actually used, e.g. "cpu", "cuda:0"
   bool has_layer_methods() const;         // exports embed / block / readout
+  // Digest of the file's contents (entry names, sizes, checksums): ranks of a parallel run
+  // compare it to be sure they loaded the same model.
+  uint64_t fingerprint() const;
   // Any metadata entry as text ("" when absent).
   std::string metadata(const std::string &key) const;
 

@@ -1,9 +1,28 @@
 """equiformer-export: a checkpoint -> the TorchScript model file every engine loads."""
 
 import argparse
+import os
 import sys
 
 from ..export.torchscript import export_model, load_any
+
+
+def check_outputs(inputs, outputs, overwrite: bool) -> None:
+    """Refuse to write over an input, an output twice, or an existing file without ``overwrite``."""
+    seen = {}
+    real_inputs = {os.path.realpath(p): p for p in inputs if p}
+    for flag, path in outputs:
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real in real_inputs:
+            raise ValueError(f"{flag} {path} is the input file {real_inputs[real]}: writing it would destroy the "
+                             "input; choose another output path")
+        if real in seen:
+            raise ValueError(f"{flag} and {seen[real]} name the same file {path}; choose two paths")
+        seen[real] = flag
+        if os.path.lexists(path) and not overwrite:
+            raise ValueError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another path")
 
 
 def main(argv=None) -> int:
@@ -25,10 +44,16 @@ def main(argv=None) -> int:
     p.add_argument("--write-checkpoint", metavar="CKPT.pt",
                    help="with --official-recipe: also write the converted model as this package's checkpoint "
                         "(for fine-tuning with equiformer-train)")
+    p.add_argument("--min-distance", type=float, metavar="ANGSTROM",
+                   help="engines warn once per run when two atoms come closer than this (the model has no "
+                        "repulsion built in); default 0.5")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse)")
     args = p.parse_args(argv)
     if args.write_checkpoint and not args.official_recipe:
         p.error("--write-checkpoint converts official checkpoints: give --official-recipe too")
     try:
+        check_outputs([args.checkpoint, args.official_recipe],
+                      [("output", args.output), ("--write-checkpoint", args.write_checkpoint)], args.overwrite)
         model = load_any(args.checkpoint, args.official_recipe)
         if args.write_checkpoint:
             from ..train.checkpoint import build_checkpoint, save_checkpoint
@@ -39,7 +64,7 @@ def main(argv=None) -> int:
                                              metadata={"source": f"official checkpoint {args.checkpoint}"}),
                             args.write_checkpoint)
         meta = export_model(model, args.output, dtype=args.dtype, device=args.device,
-                            layerwise_edges=args.layerwise_above)
+                            layerwise_edges=args.layerwise_above, min_distance=args.min_distance)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"equiformer-export: error: {exc}", file=sys.stderr)
         return 2

@@ -70,6 +70,51 @@ def validate_structure(
     return positions, cell
 
 
+# vesin 0.6 dies with SIGFPE (killing Python) on open boundaries spanning about 1e5 cutoffs;
+# after `close_gaps` only a gas of thousands of isolated atoms in a row comes near this
+MAX_SEARCH_EXTENT = 1.0e4
+
+
+def close_gaps(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarray:
+    """Positions for the search only: along each direction perpendicular to every periodic
+    lattice vector, gaps wider than two cutoffs between consecutive atoms are closed down to
+    two cutoffs. No pair closer than the cutoff changes (atoms on one side keep their
+    relative positions, across a gap they stay two cutoffs apart, and periodic shifts have
+    no component along these directions); the box to search stays small however far apart
+    groups of atoms are."""
+    periodic = cell[pbc]
+    if periodic.shape[0] == 3 or positions.shape[0] < 2:
+        return positions
+    if periodic.shape[0] == 0:
+        directions = np.eye(3)
+    else:  # orthonormal basis of the complement of the periodic vectors' span
+        _, _, vt = np.linalg.svd(periodic)
+        directions = vt[periodic.shape[0]:]
+    out = positions.copy()
+    for u in directions:
+        t = positions @ u
+        order = np.argsort(t, kind="stable")
+        gaps = np.diff(t[order])
+        excess = np.concatenate([[0.0], np.cumsum(np.maximum(gaps - 2.0 * cutoff, 0.0))])
+        shift = np.empty_like(t)
+        shift[order] = excess
+        out -= shift[:, None] * u[None, :]
+    return out
+
+
+def _tree_pairs(positions: np.ndarray, cutoff: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, zero shifts) of every ordered pair closer than the cutoff, by a k-d tree: open
+    boundaries too wide for a cell list."""
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(positions).query_pairs(cutoff, output_type="ndarray")
+    d = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
+    pairs = pairs[d < cutoff]  # query_pairs includes the cutoff distance itself
+    i = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    j = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    return i, j, np.zeros((len(i), 3), dtype=np.int64)
+
+
 def neighbor_list(
     positions: np.ndarray,
     cutoff: float,
@@ -96,8 +141,12 @@ def neighbor_list(
     box = cell.copy()
     if not pbc_arr.any():
         box = np.zeros((3, 3))
-    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, S = nl.compute(positions, box, pbc_arr.tolist() if pbc_arr.any() else False, "ijS")
+    search = close_gaps(positions, cell, pbc_arr, float(cutoff))
+    if not pbc_arr.any() and np.ptp(search, axis=0).max(initial=0.0) > MAX_SEARCH_EXTENT * cutoff:
+        i, j, S = _tree_pairs(search, float(cutoff))
+    else:
+        nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+        i, j, S = nl.compute(search, box, pbc_arr.tolist() if pbc_arr.any() else False, "ijS")
     i = np.asarray(i, dtype=np.int64)
     j = np.asarray(j, dtype=np.int64)
     S = np.asarray(S, dtype=np.int64).reshape(-1, 3)

@@ -8,9 +8,13 @@ and `save_engine_model` writes it with its metadata as TorchScript extra files.
 import json
 import os
 import tempfile
+import warnings
 from typing import Dict, List
 
 import torch
+
+from ..files import check_archive
+from ..units import length_factor
 
 FORMAT = "equiformer-model"
 FORMAT_VERSION = 1
@@ -30,12 +34,41 @@ META_DTYPE = "dtype"
 META_DEVICE = "device"
 META_ENERGY_OFFSET = "energy_offset"
 META_HYPERPARAMETERS = "hyperparameters"
+META_MIN_DISTANCE = "min_distance"  # optional: files written before it mean the default
 
 META_KEYS = (
     META_FORMAT, META_FORMAT_VERSION, META_PACKAGE_VERSION, META_CUTOFF, META_NUM_LAYERS,
     META_INTERACTION_RANGE, META_SPECIES_SYMBOLS, META_ATOMIC_NUMBERS, META_LENGTH_UNIT,
     META_ENERGY_UNIT, META_DTYPE, META_DEVICE, META_ENERGY_OFFSET, META_HYPERPARAMETERS,
+    META_MIN_DISTANCE,
 )
+
+# closest approach of two atoms a model is meant for, when its file does not say: engines
+# warn (once per run) below it, since the model has no repulsion built in
+DEFAULT_MIN_DISTANCE_ANGSTROM = 0.5
+
+
+class CloseAtomsWarning(UserWarning):
+    """Two atoms closer than the model's `min_distance`."""
+
+
+def min_distance_of(files: Dict[str, str]) -> float:
+    """`min_distance` of a model's metadata, in its length unit."""
+    text = files.get(META_MIN_DISTANCE, "")
+    if text:
+        return float(text)
+    return DEFAULT_MIN_DISTANCE_ANGSTROM * length_factor("Angstrom", files.get(META_LENGTH_UNIT) or "Angstrom")
+
+
+def warn_close_atoms(closest: float, min_distance: float, unit: str) -> bool:
+    """Warn when ``closest`` (the shortest edge) is below ``min_distance``; True if it warned."""
+    if not closest < min_distance:
+        return False
+    warnings.warn(f"equiformer: two atoms are {closest:.4g} {unit} apart, closer than the {min_distance:.4g} {unit} "
+                  "the model is meant for: it has no repulsion there and its energy is not physical (atoms "
+                  "placed on top of each other? a time step too long?); reported once", CloseAtomsWarning,
+                  stacklevel=3)
+    return True
 
 LENGTH_UNITS = ("Angstrom", "nm")
 ENERGY_UNITS = ("eV", "kcal/mol", "kJ/mol")
@@ -106,7 +139,7 @@ def metadata_files(metadata: Dict[str, object]) -> Dict[str, str]:
         else:
             text = str(value)
         files[key] = text
-    missing = [k for k in META_KEYS if k not in files]
+    missing = [k for k in META_KEYS if k not in files and k != META_MIN_DISTANCE]
     if missing:
         raise ValueError(f"metadata is missing {', '.join(missing)}")
     return files
@@ -142,8 +175,12 @@ def configure_torchscript() -> None:
     torch._C._jit_set_profiling_mode(False)
 
 
+REEXPORT = "copy it again or re-export it with `equiformer-export CHECKPOINT.pt MODEL.pt`"
+
+
 def load_engine_model(path: str, map_location="cpu") -> torch.jit.ScriptModule:
     """An exported model, loaded for running (see configure_torchscript)."""
+    check_archive(path, "model file", REEXPORT)
     configure_torchscript()
     return torch.jit.load(path, map_location=map_location)
 
@@ -152,6 +189,7 @@ def read_metadata(path: str) -> Dict[str, str]:
     """Metadata of an exported file; raises a clear error for anything else."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path} does not exist")
+    check_archive(path, "model file", REEXPORT)
     raw: Dict[str, object] = {k: "" for k in META_KEYS}
     try:
         torch.jit.load(path, map_location="cpu", _extra_files=raw)

@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from ase.data import chemical_symbols
 
+from ..files import check_archive
 from ..model import Equiformer
 from ..nn.irreps import Block, blocks, simplify
 from ..nn.linear import IrrepsLinear
@@ -87,7 +88,9 @@ def official_hparams(recipe: Dict[str, object]) -> Dict[str, object]:
         "species": [chemical_symbols[z] for z in range(1, MAX_ATOM_TYPE)],
         "cutoff": float(recipe["radius"]),
         "num_basis": int(recipe["num_basis"]),
-        "smooth_cutoff": False,  # the official model is a hard-cutoff model; keep its function
+        # the official model's function exactly: hard cutoff, per-block norm
+        "attention_cutoff": "mask",
+        "layer_norm": "per_block",
         "energy_unit": recipe["energy_unit"],
         "length_unit": recipe["length_unit"],
     }
@@ -272,6 +275,7 @@ def load_official(checkpoint: str, recipe_path: str, dtype: torch.dtype = torch.
     recipe = read_recipe(recipe_path)
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    check_archive(checkpoint, "official checkpoint", "download it again")
     try:
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:

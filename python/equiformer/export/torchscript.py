@@ -7,7 +7,9 @@ import torch
 
 from .. import __version__
 from ..model import Equiformer, clone_model
-from .contract import EngineModel, edge_gradients_to_outputs, metadata_files, save_engine_model
+from ..units import length_factor
+from .contract import (DEFAULT_MIN_DISTANCE_ANGSTROM, EngineModel, edge_gradients_to_outputs, metadata_files,
+                       save_engine_model)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # how closely the scripted model must reproduce the eager one on the probe before writing
@@ -54,9 +56,16 @@ class EquiformerEngineModel(EngineModel):
         return self.model.readout(species, x, edge_index, edge_vectors)
 
 
-def metadata_of(model: Equiformer, dtype: torch.dtype, device: str) -> Dict[str, object]:
+def metadata_of(model: Equiformer, dtype: torch.dtype, device: str,
+                min_distance: Optional[float] = None) -> Dict[str, object]:
+    """The metadata of docs/model-format.md; ``min_distance`` in Angstrom (default 0.5)."""
     hp = model.hparams
+    if min_distance is None:
+        min_distance = DEFAULT_MIN_DISTANCE_ANGSTROM
+    if not min_distance >= 0.0:
+        raise ValueError(f"min_distance must be a distance >= 0 (Angstrom), got {min_distance}")
     return {
+        "min_distance": repr(min_distance * length_factor("Angstrom", hp["length_unit"])),
         "package_version": __version__,
         "cutoff": model.cutoff,
         "num_layers": model.num_layers,
@@ -118,12 +127,13 @@ def graph_bytes_per_edge(model: Equiformer, dtype: torch.dtype, device: str) -> 
 
 
 def export_model(model: Equiformer, path: str, dtype: str = "float64", device: str = "cpu",
-                 layerwise_edges: Optional[int] = None) -> Dict[str, str]:
+                 layerwise_edges: Optional[int] = None, min_distance: Optional[float] = None) -> Dict[str, str]:
     """Script, check against eager on a probe structure, and write atomically. Returns the metadata.
 
     ``layerwise_edges``: graphs with more edges take the chunked route (see
     EquiformerEngineModel); default: where one autograd pass would keep more than
-    SINGLE_PASS_MEMORY bytes; -1: never."""
+    SINGLE_PASS_MEMORY bytes; -1: never. ``min_distance`` (Angstrom): engines warn once per
+    run when two atoms come closer (default 0.5)."""
     if dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; choose float32 or float64")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -159,7 +169,7 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
                 raise RuntimeError(f"the scripted model's {key} ({route}) differs from the eager model's by {err:.3g} "
                                    f"(tolerance {tol * scale:.3g}); nothing was written")
     scripted.layerwise_edges = int(layerwise_edges)
-    metadata = metadata_of(model, torch_dtype, device)
+    metadata = metadata_of(model, torch_dtype, device, min_distance)
     save_engine_model(scripted, path, metadata)
     return metadata_files(metadata)
 

@@ -144,14 +144,16 @@ class GraphAttention(torch.nn.Module):
     """MLP attention over edges; non-linear (gated, second TP) or linear messages."""
 
     nonlinear_message: Final[bool]
+    envelope: Final[bool]
 
     def __init__(self, irreps_node: Sequence[Block], irreps_sh: Sequence[Block], irreps_out: Sequence[Block],
                  irreps_head: Sequence[Block], num_heads: int, radial_channels: List[int],
-                 nonlinear_message: bool, rescale_degree: bool):
+                 nonlinear_message: bool, rescale_degree: bool, envelope: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.nonlinear_message = nonlinear_message
         self.rescale_degree = rescale_degree
+        self.envelope = envelope  # the cutoff weight also scales each attention weight (segment.py)
         self.irreps_node = list(irreps_node)
         heads_all = simplify(sort_even_first([(m, l, p) for _ in range(num_heads) for m, l, p in irreps_head])[0])
         mul_alpha = num_scalars(heads_all)
@@ -232,7 +234,7 @@ class GraphAttention(torch.nn.Module):
     def _attend(self, alpha: torch.Tensor, value: torch.Tensor, edge_dst: torch.Tensor, edge_weight: torch.Tensor,
                 n: int) -> torch.Tensor:
         logits = (self.alpha_act(alpha) * self.alpha_dot).sum(-1)  # [E, heads]
-        attn = weighted_softmax(logits, edge_weight, edge_dst, n)
+        attn = weighted_softmax(logits, edge_weight, edge_dst, n, self.envelope)
         out = segment_sum(value * attn.unsqueeze(-1), edge_dst, n)
         out = heads_to_vec(out, self.value_out_layout, self.num_heads)
         if self.rescale_degree:
@@ -245,11 +247,15 @@ class DotProductAttention(torch.nn.Module):
     atom, key and value linear in the merged message (depthwise TP with radial weights, then a
     linear layer); each irrep block of the score scaled by 1/sqrt(#irreps of a head * (2l+1))."""
 
+    envelope: Final[bool]
+
     def __init__(self, irreps_node: Sequence[Block], irreps_sh: Sequence[Block], irreps_out: Sequence[Block],
-                 irreps_head: Sequence[Block], num_heads: int, radial_channels: List[int], rescale_degree: bool):
+                 irreps_head: Sequence[Block], num_heads: int, radial_channels: List[int], rescale_degree: bool,
+                 envelope: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.rescale_degree = rescale_degree
+        self.envelope = envelope
         self.irreps_node = list(irreps_node)
         heads_all = simplify(sort_even_first([(m, l, p) for _ in range(num_heads) for m, l, p in irreps_head])[0])
         kv_all = simplify(sort_even_first([(m, l, p) for _ in range(2 * num_heads) for m, l, p in irreps_head])[0])
@@ -300,7 +306,7 @@ class DotProductAttention(torch.nn.Module):
         kv = vec_to_heads(kv, self.kv_layout, 2 * self.num_heads)
         key, value = kv[:, : self.num_heads], kv[:, self.num_heads:]
         logits = (q[edge_dst] * key).sum(-1)
-        attn = weighted_softmax(logits, edge_weight, edge_dst, n)
+        attn = weighted_softmax(logits, edge_weight, edge_dst, n, self.envelope)
         out = heads_to_vec(segment_sum(value * attn.unsqueeze(-1), edge_dst, n), self.q_layout, self.num_heads)
         if self.rescale_degree:
             out = out * segment_sum(edge_weight, edge_dst, n).unsqueeze(1)

@@ -9,7 +9,7 @@ from .attention import DotProductAttention, GraphAttention
 from .feedforward import FeedForward
 from .irreps import Block
 from .linear import IrrepsLinear
-from .norm import EquivariantLayerNorm
+from .norm import layer_norm
 from .segment import Chunks, EdgeFeatures, feature_list, slice_features
 
 
@@ -19,18 +19,18 @@ class TransformerBlock(torch.nn.Module):
     def __init__(self, irreps_in: Sequence[Block], irreps_sh: Sequence[Block], irreps_out: Sequence[Block],
                  irreps_head: Sequence[Block], num_heads: int, irreps_mlp: Sequence[Block],
                  radial_channels: List[int], nonlinear_message: bool, rescale_degree: bool,
-                 dot_product: bool = False):
+                 dot_product: bool = False, norm: str = "per_block", envelope: bool = False):
         super().__init__()
-        self.norm_1 = EquivariantLayerNorm(irreps_in)
+        self.norm_1 = layer_norm(norm, irreps_in)
         # official attribute names: `ga` (MLP attention) or `dpa` (dot-product attention)
         self.dot_product = dot_product
         if dot_product:
             self.dpa = DotProductAttention(irreps_in, irreps_sh, irreps_in, irreps_head, num_heads, radial_channels,
-                                           rescale_degree)
+                                           rescale_degree, envelope)
         else:
             self.ga = GraphAttention(irreps_in, irreps_sh, irreps_in, irreps_head, num_heads, radial_channels,
-                                     nonlinear_message, rescale_degree)
-        self.norm_2 = EquivariantLayerNorm(irreps_in)
+                                     nonlinear_message, rescale_degree, envelope)
+        self.norm_2 = layer_norm(norm, irreps_in)
         self.ffn = FeedForward(irreps_in, irreps_mlp, irreps_out)
         self.has_shortcut = list(irreps_in) != list(irreps_out)
         self.ffn_shortcut = IrrepsLinear(irreps_in, irreps_out) if self.has_shortcut else torch.nn.Identity()

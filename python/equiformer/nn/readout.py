@@ -8,7 +8,7 @@ from .activation import ScaledSiLU
 from .attention import GraphAttention
 from .irreps import Block
 from .linear import IrrepsLinear
-from .norm import EquivariantLayerNorm
+from .norm import layer_norm
 
 
 class EnergyHead(torch.nn.Module):
@@ -18,13 +18,14 @@ class EnergyHead(torch.nn.Module):
     attention: Final[bool]
 
     def __init__(self, irreps_feature: Sequence[Block], attention: bool = False, irreps_sh: Sequence[Block] = (),
-                 irreps_head: Sequence[Block] = (), num_heads: int = 1, radial_channels: List[int] = ()):
+                 irreps_head: Sequence[Block] = (), num_heads: int = 1, radial_channels: List[int] = (),
+                 norm: str = "per_block", envelope: bool = False):
         super().__init__()
-        self.norm = EquivariantLayerNorm(irreps_feature)
+        self.norm = layer_norm(norm, irreps_feature)
         self.attention = attention
         if attention:
             self.head = GraphAttention(irreps_feature, irreps_sh, [(1, 0, 1)], irreps_head, num_heads,
-                                       list(radial_channels), True, False)
+                                       list(radial_channels), True, False, envelope)
         else:
             self.head = torch.nn.Sequential(
                 IrrepsLinear(irreps_feature, irreps_feature), ScaledSiLU(), IrrepsLinear(irreps_feature, [(1, 0, 1)])

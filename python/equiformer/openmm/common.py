@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from equiformer.export.contract import read_metadata
+from equiformer.export.contract import min_distance_of, read_metadata
 
 #: kJ/mol per unit of model energy
 ENERGY_TO_KJ_PER_MOL = {"eV": 96.48533212331002, "kcal/mol": 4.184, "kJ/mol": 1.0}
@@ -53,6 +53,7 @@ class ModelSetup:
     atoms: Optional[List[int]]    # ML atoms (indices into the System); None = all
     species: List[int]            # species index of every ML atom, in `atoms` order
     periodic: bool
+    min_distance: float = 0.0     # model length unit: closer atoms are warned about (once)
     metadata: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -112,6 +113,7 @@ def load_model_metadata(model_path: str) -> dict:
         meta["species_symbols"] = files["species_symbols"].split()
         meta["atomic_numbers"] = [int(z) for z in files["atomic_numbers"].split()]
         meta["energy_offset"] = float(files["energy_offset"] or 0.0)
+        meta["min_distance"] = min_distance_of(files)
     except ValueError as exc:
         raise ValueError(f"{model_path}: malformed metadata ({exc})") from None
     if meta["length_unit"] not in NM_TO_MODEL_LENGTH:
@@ -262,6 +264,7 @@ def prepare(model_path: str, topology_or_elements, atoms: Optional[Sequence[int]
         atoms=atoms,
         species=species,
         periodic=bool(periodic),
+        min_distance=meta["min_distance"],
         metadata={k: v for k, v in meta.items() if isinstance(v, (str, float, int, list))},
     )
 

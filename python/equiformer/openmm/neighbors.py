@@ -34,6 +34,15 @@ def _half_offsets(device: torch.device) -> torch.Tensor:
     return grid[13:]  # row 13 is (0, 0, 0); rows 14..26 are the positive half
 
 
+def box_widths(box: torch.Tensor) -> torch.Tensor:
+    """Perpendicular widths [3] of the cell spanned by the rows of ``box``."""
+    device = box.device
+    volume = torch.abs(torch.linalg.det(box))
+    cross = torch.cross(box.index_select(0, torch.tensor([1, 2, 0], device=device)),
+                        box.index_select(0, torch.tensor([2, 0, 1], device=device)), dim=1)
+    return volume / torch.linalg.norm(cross, dim=1)
+
+
 def cell_list_edges(positions: torch.Tensor, box: torch.Tensor, cutoff: float,
                     max_cells_per_atom: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
     """Periodic neighbor list. positions [N,3] and box [3,3] (rows = box vectors) in one
@@ -44,10 +53,7 @@ def cell_list_edges(positions: torch.Tensor, box: torch.Tensor, cutoff: float,
     edge appears exactly once."""
     device = positions.device
     n_atoms = positions.shape[0]
-    volume = torch.abs(torch.linalg.det(box))
-    cross = torch.cross(box.index_select(0, torch.tensor([1, 2, 0], device=device)),
-                        box.index_select(0, torch.tensor([2, 0, 1], device=device)), dim=1)
-    heights = volume / torch.linalg.norm(cross, dim=1)
+    heights = box_widths(box)
     min_height = float(heights.min().item())
     if not min_height >= cutoff:
         raise RuntimeError(

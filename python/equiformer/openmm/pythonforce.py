@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from equiformer.export.contract import REEXPORT, warn_close_atoms
+from equiformer.files import check_archive
 from equiformer.openmm.common import ModelSetup, box_heights, prepare
 
 
@@ -28,6 +30,7 @@ class EquiformerComputation:
         self._model = None
         self._neighbors = None
         self._species = None
+        self._warned_close = False
 
     def __getstate__(self):
         return {"setup": self.setup, "device": self.device, "num_threads": self.num_threads}
@@ -42,6 +45,7 @@ class EquiformerComputation:
             raise FileNotFoundError(f"equiformer PythonForce: model file {self.setup.model_path} does not exist")
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
+        check_archive(self.setup.model_path, "model file", REEXPORT)
         self._model = torch.jit.load(self.setup.model_path, map_location=self.device)
         self._species = torch.tensor(self.setup.species, dtype=torch.long, device=self.device)
         self._neighbors = vesin.NeighborList(cutoff=self.setup.cutoff, full_list=True)
@@ -73,6 +77,9 @@ class EquiformerComputation:
             self._load()
         s = self.setup
         edge_index, vectors = self.edges(positions_nm, box_nm)
+        if not self._warned_close and len(vectors) > 0:
+            closest = float(np.sqrt((vectors * vectors).sum(1).min()))
+            self._warned_close = warn_close_atoms(closest / s.nm_to_model, s.min_distance / s.nm_to_model, "nm")
         ei = torch.from_numpy(edge_index).to(self.device)
         ev = torch.from_numpy(np.ascontiguousarray(vectors)).to(device=self.device, dtype=s.torch_dtype)
         out = self._model(self._species, ei, ev, s.num_ml_atoms)

@@ -16,12 +16,14 @@ an energy-only TorchForce; it costs the same.
 
 import json
 import os
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
 
+from equiformer.files import check_archive
 from equiformer.openmm.common import ModelSetup, import_openmmtorch, prepare
-from equiformer.openmm.neighbors import cell_list_edges, open_edges
+from equiformer.openmm.neighbors import box_widths, cell_list_edges, open_edges
 
 #: extra file in a saved TorchForce module describing how it was built
 OPENMM_META_KEY = "equiformer_openmm"
@@ -47,21 +49,19 @@ class EquiformerOpenMMModule(torch.nn.Module):
         self.energy_offset = float(setup.energy_offset)
         self.all_pairs_max_atoms = int(all_pairs_max_atoms)
         self.model_dtype = setup.torch_dtype
-
-    def edges(self, positions: torch.Tensor, box: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """ML-atom positions (model unit, float64) -> (edge_index, edge_vectors) in model units."""
-        if self.periodic:
-            if box is None:
-                raise RuntimeError("equiformer: this TorchForce is periodic but received no box vectors "
-                                   "(call setUsesPeriodicBoundaryConditions(True) on it)")
-            b = box.detach().to(torch.float64) * self.nm_to_model
-            return cell_list_edges(positions, b, self.cutoff)
-        return open_edges(positions, self.cutoff, self.all_pairs_max_atoms)
+        self.min_distance = float(setup.min_distance)
+        self.warned_close = False
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        # Every check that raises stays in this method's own body: openmm-torch freezes the
+        # module, and libtorch 2.9 then crashes (SIGSEGV while formatting the error) on an
+        # exception raised inside an inlined method or function call
         if positions.shape[0] != self.num_particles:
             raise RuntimeError("equiformer: the TorchForce was built for " + str(self.num_particles)
                                + " particles but the System has " + str(positions.shape[0]))
+        if self.periodic and box is None:
+            raise RuntimeError("equiformer: this TorchForce is periodic but received no box vectors "
+                               "(call setUsesPeriodicBoundaryConditions(True) on it)")
         # openmm-torch hands over positions that require grad and freezes the module, and
         # torch.jit.freeze deletes aten::detach: cut the graph with no_grad blocks instead
         with torch.no_grad():
@@ -69,7 +69,25 @@ class EquiformerOpenMMModule(torch.nn.Module):
             if self.subset:
                 pos = pos.index_select(0, self.atoms)
             pos = pos * self.nm_to_model
-            edge_index, edge_vectors = self.edges(pos, box)
+            if box is not None and self.periodic:
+                b = box.to(torch.float64) * self.nm_to_model
+                width = float(box_widths(b).min().item())
+                if not width >= self.cutoff:
+                    raise RuntimeError("equiformer: periodic box too small for the model: a width of the box is "
+                                       + str(width / self.nm_to_model) + " nm, smaller than the model cutoff "
+                                       + str(self.cutoff / self.nm_to_model) + " nm; every width of the box must "
+                                       "be >= the cutoff (set the System's or Context's periodic box vectors, or "
+                                       "use more replicas)")
+                edge_index, edge_vectors = cell_list_edges(pos, b, self.cutoff)
+            else:
+                edge_index, edge_vectors = open_edges(pos, self.cutoff, self.all_pairs_max_atoms)
+            if not self.warned_close and edge_vectors.shape[0] > 0:
+                closest = float(torch.linalg.vector_norm(edge_vectors, dim=1).min().item())
+                if closest < self.min_distance:
+                    self.warned_close = True  # once per Context (a mutated attribute survives freezing)
+                    warnings.warn("equiformer: two atoms are " + str(closest / self.nm_to_model) + " nm apart, "
+                                  "closer than the " + str(self.min_distance / self.nm_to_model) + " nm the model "
+                                  "is meant for: it has no repulsion there and its energy is not physical")
             edge_vectors = edge_vectors.to(self.model_dtype)
         out = self.model(self.species, edge_index, edge_vectors, self.num_ml)
         with torch.no_grad():
@@ -165,6 +183,7 @@ def torch_force_settings(path: str) -> dict:
     """How a module saved by `create_torch_force(..., save_path=path)` must be wrapped."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"TorchForce module {path} does not exist")
+    check_archive(path, "TorchForce module", "write it again with create_torch_force(..., save_path=...)")
     extra = {OPENMM_META_KEY: ""}
     torch.jit.load(path, map_location="cpu", _extra_files=extra)
     text = extra[OPENMM_META_KEY]

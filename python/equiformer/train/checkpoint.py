@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import equiformer
+from equiformer.files import check_archive
 
 __all__ = [
     "FORMAT",
@@ -134,6 +135,8 @@ def save_checkpoint(checkpoint: Dict[str, Any], path: Union[str, os.PathLike]) -
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
     try:
+        # mkstemp makes the file private (0600); a checkpoint gets the modes of any new file
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             torch.save(checkpoint, fh)
             fh.flush()
@@ -143,6 +146,12 @@ def save_checkpoint(checkpoint: Dict[str, Any], path: Union[str, os.PathLike]) -
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
@@ -159,6 +168,7 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torc
             f"{path} is not a checkpoint: not a PyTorch archive (a text or data file, or a truncated / corrupt "
             f"checkpoint); {hint}"
         )
+    check_archive(path, "checkpoint", "use another copy (e.g. RUN_DIR/last.pt or best.pt) or train again")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -200,10 +210,10 @@ def model_from_checkpoint(
     source: Union[str, os.PathLike, Dict[str, Any]], device: Union[str, torch.device, None] = None
 ) -> torch.nn.Module:
     """Rebuild the model of a checkpoint (path or loaded dict) with its weights, in eval mode."""
-    from equiformer.model import build_model
+    from equiformer.model import build_model, saved_hparams
 
     ckpt = load_checkpoint(source) if not isinstance(source, dict) else source
-    model = build_model(ckpt["model_hparams"])
+    model = build_model(saved_hparams(ckpt["model_hparams"]))
     dtype = getattr(torch, str(ckpt.get("dtype", "float64")))
     model.to(dtype)
     norm = ckpt["normalization"]

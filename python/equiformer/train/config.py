@@ -8,6 +8,7 @@ Run ``python -m equiformer.train.config`` to print every option with its default
 """
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -120,6 +121,8 @@ def _check_value(section: str, key: str, value: Any, opt: Option) -> Any:
         )
     if float in opt.types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r} ({opt.doc})")
     if opt.choices is not None and value not in opt.choices:
         raise ConfigError(f"{where} must be one of {', '.join(map(str, opt.choices))}; got {value!r}")
     if opt.minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < opt.minimum:

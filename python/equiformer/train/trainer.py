@@ -176,7 +176,7 @@ def train(cfg: Dict[str, Any], stop_after_steps: Optional[int] = None, log=print
     (used by tests). Returns a summary dict (paths, epochs, best metric, final metrics).
     Raises TrainingInterrupted after saving when interrupted.
     """
-    from equiformer.model import build_model
+    from equiformer.model import build_model, saved_hparams
 
     run, data_cfg, optim_cfg, loss_cfg = cfg["run"], cfg["data"], cfg["optim"], cfg["loss"]
     out_dir = run["output_dir"]
@@ -193,7 +193,6 @@ def train(cfg: Dict[str, Any], stop_after_steps: Optional[int] = None, log=print
                 f"{out_dir} already holds a run ({LAST}); resume it with --resume (run.resume: true), "
                 "start afresh with --overwrite (run.overwrite: true), or choose another run.output_dir"
             )
-    os.makedirs(out_dir, exist_ok=True)
     if run["num_threads"]:
         torch.set_num_threads(run["num_threads"])
     device = resolve_device(run["device"])
@@ -210,7 +209,7 @@ def train(cfg: Dict[str, Any], stop_after_steps: Optional[int] = None, log=print
     val_frames, val_sources, val_prov = _read_frames(val_paths, data_cfg) if val_paths else ([], [], [])
     model_cfg = dict(cfg["model"])
     if resume_ckpt is not None:
-        hparams = dict(resume_ckpt["model_hparams"])
+        hparams = saved_hparams(resume_ckpt["model_hparams"])
     else:
         if not model_cfg.get("species"):
             model_cfg["species"] = infer_species(train_frames + val_frames)
@@ -295,6 +294,8 @@ def train(cfg: Dict[str, Any], stop_after_steps: Optional[int] = None, log=print
         set_rng_state(st["rng"])
         _truncate_csv(csv_path, start_epoch)
         log(f"resuming from {last_path}: {start_epoch} epochs done" + (f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""))
+    # the run folder appears only once data, model and optimiser are known to be usable
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, CONFIG), "w") as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
 

@@ -76,7 +76,7 @@ VARIANTS = {
     "dot-product": {"attention": "dot_product"},
     "attention-head": {"attention_head": True, "irreps_feature": "8x0e+2x1e"},
     "attention-head-scalars": {"attention_head": True},  # a head whose gate has nothing to gate
-    "official-cutoff-rescale": {"smooth_cutoff": False, "rescale_degree": True},
+    "official-cutoff-rescale": {"attention_cutoff": "mask", "layer_norm": "per_block", "rescale_degree": True},
 }
 
 

@@ -33,6 +33,7 @@ class ReferenceCalcEquiformerForceKernel : public CalcEquiformerForceKernel {
   double energyToKJ = 1.0;        // kJ/mol per model energy unit
   double cutoff = 0.0;            // model length unit
   double energyOffset = 0.0;      // model energy unit, once per system
+  bool warnedClose = false;       // the close-atoms warning was given (once per Context)
   CellList cells;
   NeighborList edges;
   std::vector<double> positions;  // model length unit, 3 per ML atom

@@ -4,6 +4,7 @@
 #include "openmm/internal/ContextImpl.h"
 #include "openmm/reference/ReferencePlatform.h"
 
+#include <iostream>
 #include <sstream>
 
 namespace EquiformerOpenMM {
@@ -117,6 +118,14 @@ double ReferenceCalcEquiformerForceKernel::execute(OpenMM::ContextImpl &context,
                    edges.dst.data(), edges.vectors.data(), static_cast<int64_t>(n), false, result);
   } catch (const std::exception &e) {
     throw OpenMMException(fail(e.what()));
+  }
+  if (!warnedClose && result.min_distance < model->min_distance()) {
+    // OpenMM has no warning channel of its own: stderr, once per Context
+    warnedClose = true;
+    std::cerr << "EquiformerForce: warning: two atoms are " << result.min_distance / nmToModel
+              << " nm apart, closer than the " << model->min_distance() / nmToModel
+              << " nm the model is meant for: it has no repulsion there and its energy is not physical; "
+                 "reported once\n";
   }
   if (includeForces) {
     std::vector<Vec3> &forces = *data.forces;
