@@ -156,14 +156,23 @@ void PairEquiformer::stop_together(const std::string &failure)
   int mine = failure.empty() ? comm->nprocs : comm->me, first = comm->nprocs;
   MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, world);
   if (first == comm->nprocs) return;
-  int len = (comm->me == first) ? static_cast<int>(failure.size()) : 0;
-  MPI_Bcast(&len, 1, MPI_INT, first, world);
-  std::vector<char> text(failure.begin(), failure.end());
-  text.resize(len);
-  MPI_Bcast(text.data(), len, MPI_CHAR, first, world);
-  const std::string message(text.begin(), text.end());
+  const std::string message = text_of_rank(failure, first);
   if (comm->nprocs > 1) error->all(FLERR, "pair equiformer (on MPI rank {}): {}", first, message);
   error->all(FLERR, "pair equiformer: {}", message);
+}
+
+/* ----------------------------------------------------------------------
+   TEXT as given on rank ROOT, on every rank
+------------------------------------------------------------------------- */
+
+std::string PairEquiformer::text_of_rank(const std::string &text, int root)
+{
+  int len = (comm->me == root) ? static_cast<int>(text.size()) : 0;
+  MPI_Bcast(&len, 1, MPI_INT, root, world);
+  std::vector<char> buf(text.begin(), text.end());
+  buf.resize(len);
+  MPI_Bcast(buf.data(), len, MPI_CHAR, root, world);
+  return std::string(buf.begin(), buf.end());
 }
 
 /* ----------------------------------------------------------------------
@@ -177,10 +186,11 @@ void PairEquiformer::check_same_model()
   MPI_Bcast(&first, 1, MPI_UINT64_T, 0, world);
   int odd = (mine != first) ? comm->me : comm->nprocs, which = comm->nprocs;
   MPI_Allreduce(&odd, &which, 1, MPI_INT, MPI_MIN, world);
-  if (which < comm->nprocs)
-    error->all(FLERR, "pair equiformer: MPI ranks 0 and {} loaded different model files (pair_coeff names {} on "
-               "rank 0); every rank must read the same file: check that the file is identical on every node, "
-               "and that the path does not depend on the rank", which, model_file);
+  if (which == comm->nprocs) return;
+  const std::string other = text_of_rank(model_file, which);
+  error->all(FLERR, "pair equiformer: MPI ranks 0 and {} loaded different model files ({} on rank 0, {} on rank "
+             "{}); every rank must read the same file: check that the file is identical on every node, and that "
+             "the path does not depend on the rank", which, model_file, other, which);
 }
 
 /* ----------------------------------------------------------------------
@@ -239,7 +249,6 @@ void PairEquiformer::coeff(int narg, char **arg)
     }
   if (count == 0) error->all(FLERR, "pair_coeff: every atom type is NULL; map at least one type to a species");
   logged = false;
-  warned_close = false;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -247,6 +256,7 @@ void PairEquiformer::coeff(int narg, char **arg)
 void PairEquiformer::init_style()
 {
   if (!model) error->all(FLERR, "pair equiformer: no model loaded; add pair_coeff * * MODEL.pt SYMBOL ...");
+  warned_close = false;  // the close-atoms warning: once per run
   if (atom->tag_enable == 0) error->all(FLERR, "pair equiformer needs atom IDs (atom_modify id yes)");
 
   std::string units = update->unit_style;

@@ -58,6 +58,7 @@ class PairEquiformer : public Pair {
   std::string device_for_this_rank();
   void stop_together(const std::string &failure);
   void check_same_model();
+  std::string text_of_rank(const std::string &text, int root);
   void warn_close_atoms();
   void build_graph_map();
   void build_graph_ghost();
@@ -79,7 +80,7 @@ class PairEquiformer : public Pair {
   double energy_to_lmp;    // model energy -> LAMMPS energy
   double offset_lmp;       // energy_offset in LAMMPS energy units
   bool logged;
-  bool warned_close;       // the close-atoms warning was given (once per pair_coeff)
+  bool warned_close;       // the close-atoms warning was given (once per run)
 
   // graph of the current step
   std::vector<int> node_of;          // LAMMPS atom index -> graph node (-1: not in graph)

@@ -182,6 +182,9 @@ ArchiveCheck check_archive(const std::string &path)
   ArchiveCheck out;
   out.fingerprint = 0xcbf29ce484222325ull;  // FNV-1a offset basis
   out.damage = check_entries(path, out.fingerprint);
+  std::vector<unsigned char> head;
+  Reader r(path);
+  out.zip = r.ok() && r.read(0, 4, head) && le(head.data(), 4) == kLocalSig;
   return out;
 }
 

@@ -14,6 +14,8 @@ struct ArchiveCheck {
   std::string damage;
   // 64-bit digest of the entries' names, sizes and checksums: equal for equal contents
   uint64_t fingerprint = 0;
+  // the file starts like a zip archive (damage then means a damaged archive, not another kind of file)
+  bool zip = false;
 };
 
 ArchiveCheck check_archive(const std::string &path);

@@ -199,6 +199,8 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
       throw Error("model file '" + path + "' does not exist or cannot be read; " + kHowToExport);
   }
   const ArchiveCheck archive = check_archive(path);
+  if (!archive.zip)
+    throw Error("'" + path + "' is not an exported Equiformer model (not a TorchScript archive); " + kHowToExport);
   if (!archive.damage.empty())
     throw Error("model file '" + path + "' " + archive.damage + "; the file was corrupted (disk, copy or "
                 "transfer): copy it again or re-export it with equiformer-export");

@@ -13,6 +13,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from analytic_models import SYMBOLS, pair_reference, write_pair_model  # noqa: E402
+from damaged_files import flip_bit  # noqa: E402
 
 
 def periodic_graph(symbols, pos, cell, cutoff):
@@ -72,6 +73,13 @@ def main(outdir):
     extra["dtype"] = "float64"
     extra["cutoff"] = ""
     torch.jit.save(module, os.path.join(outdir, "no_cutoff.pt"), _extra_files=extra)
+    # damaged copies of pair64.pt: a bit flipped in a tensor (stored) and in code (deflated),
+    # and a truncated one
+    flip_bit(os.path.join(outdir, "pair64.pt"), os.path.join(outdir, "flipped_data.pt"), "/data/")
+    flip_bit(os.path.join(outdir, "pair64.pt"), os.path.join(outdir, "flipped_code.pt"), "/code/")
+    raw = open(os.path.join(outdir, "pair64.pt"), "rb").read()
+    with open(os.path.join(outdir, "truncated.pt"), "wb") as f:
+        f.write(raw[: len(raw) - 100])
     # a checkpoint (torch.save), and random bytes
     torch.save({"state_dict": {"w": torch.zeros(2)}}, os.path.join(outdir, "checkpoint.pt"))
     with open(os.path.join(outdir, "garbage.pt"), "wb") as f:

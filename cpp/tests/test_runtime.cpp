@@ -2,6 +2,7 @@
 // Usage: test_runtime DIR  (DIR written by make_models.py)
 #include "equiformer/runtime.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -164,7 +165,19 @@ int main(int argc, char **argv)
     check(!m64.has_layer_methods(), "the pair model exports no layer methods");
     check(m64.species_index("O") == 2 && m64.species_index("Cu") == 3 && m64.species_index("N") == -1, "species_index");
     check(m64.metadata("format") == "equiformer-model" && m64.metadata("no-such-key").empty(), "metadata");
+    check_close(m64.min_distance(), 0.5, 0, "min_distance: 0.5 Angstrom when the file does not say");
     for (const auto &c : cases) check_case(m64, c, 1e-12);
+    {
+      // the shortest edge of each evaluation, for the engines' close-atoms warning
+      const Case &c = cases[0];
+      double shortest = 1e300;
+      for (long e = 0; e < c.e; ++e)
+        shortest = std::min(shortest, std::sqrt(c.vec[3 * e] * c.vec[3 * e] + c.vec[3 * e + 1] * c.vec[3 * e + 1] +
+                                                c.vec[3 * e + 2] * c.vec[3 * e + 2]));
+      check_close(m64.compute(c.species, c.src, c.dst, c.vec, c.n_local).min_distance, shortest, 1e-15,
+                  "Result::min_distance is the shortest edge");
+      check(std::isinf(m64.compute({0, 1}, {}, {}, {}, 2).min_distance), "no edges: min_distance is infinite");
+    }
 
     equiformer::Model m32(dir + "/pair32.pt", "cpu");
     check(m32.dtype() == "float32", "float32 dtype");
@@ -175,6 +188,12 @@ int main(int argc, char **argv)
     check(mu.energy_offset() == -12.5 && mu.num_layers() == 2, "offset and layers");
     check_close(mu.interaction_range(), 0.6, 1e-15, "interaction range 2 x 0.3 nm");
     check(mu.device() == (equiformer::Model::cuda_available() ? "cuda:0" : "cpu"), "auto device");
+    check_close(mu.min_distance(), 0.05, 1e-15, "default min_distance in nm");
+
+    // ranks of a parallel run compare fingerprints: equal for the same file, not for another
+    check(m64.fingerprint() == equiformer::Model(dir + "/pair64.pt").fingerprint(), "same file, same fingerprint");
+    check(m64.fingerprint() != m32.fingerprint() && m64.fingerprint() != mu.fingerprint(),
+          "other files, other fingerprints");
 
     // a rank with no local atom
     const Case &mol = cases[1];
@@ -214,6 +233,11 @@ int main(int argc, char **argv)
     check_throws([&] { equiformer::Model(dir + "/future_version.pt"); }, "format version 2", "future version");
     check_throws([&] { equiformer::Model(dir + "/bfloat16.pt"); }, "supports float32 and float64", "bfloat16 dtype");
     check_throws([&] { equiformer::Model(dir + "/no_cutoff.pt"); }, "lacks the 'cutoff' metadata", "missing cutoff");
+    // libtorch does not check the archive's checksums: a flipped bit used to load silently
+    check_throws([&] { equiformer::Model(dir + "/flipped_data.pt"); }, "does not match its contents",
+                 "a bit flipped in a tensor");
+    check_throws([&] { equiformer::Model(dir + "/flipped_code.pt"); }, "is damaged", "a bit flipped in deflated code");
+    check_throws([&] { equiformer::Model(dir + "/truncated.pt"); }, "truncated", "a truncated file");
     check_throws([&] { equiformer::Model(dir + "/pair64.pt", "tpu"); }, "unknown device", "unknown device");
     if (!equiformer::Model::cuda_available()) {
       check_throws([&] { equiformer::Model(dir + "/pair64.pt", "cuda"); }, "no CUDA GPU", "cuda without a GPU");

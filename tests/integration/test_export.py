@@ -4,6 +4,7 @@ decomposition engines, layer-by-layer calls, metadata, units and clear errors on
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +23,9 @@ from equiformer.export.torchscript import export_model
 from equiformer.model import build_model
 from equiformer.train.checkpoint import build_checkpoint, model_from_checkpoint, save_checkpoint
 from equiformer.units import EV_IN_KCAL_PER_MOL
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from damaged_files import flip_bit  # noqa: E402
 
 SPECIES = ["H", "C", "O"]
 ATOM_REF = [-0.5, -1.5, -2.0]
@@ -160,6 +164,7 @@ def test_metadata(files, eager):
     assert meta["length_unit"] == "Angstrom" and meta["energy_unit"] == "eV"
     assert meta["dtype"] == "float64" and meta["device"] == "cpu"
     assert float(meta["energy_offset"]) == 0.0
+    assert float(meta["min_distance"]) == 0.5  # Angstrom, the default
     assert meta["package_version"]
     hp = json.loads(meta["hyperparameters"])
     assert hp == json.loads(json.dumps(eager.hparams))
@@ -486,7 +491,7 @@ def test_cli_exported_model_given_as_checkpoint(files, tmp_path, capsys):
 def test_cli_bad_dtype_or_device_leaves_output_untouched(files, tmp_path, capsys, opt, match):
     out = tmp_path / "existing.pt"
     out.write_bytes(b"previous model")
-    err = _cli_error(capsys, [files["ckpt"], str(out)] + opt)
+    err = _cli_error(capsys, [files["ckpt"], str(out), "--overwrite"] + opt)
     assert match in err
     assert out.read_bytes() == b"previous model"
 
@@ -519,7 +524,7 @@ def test_export_to_unwritable_directory(tmp_path, monkeypatch, capsys):
                                 lambda p, m, *a, **k: False if os.path.abspath(p) == str(ro) else real_access(p, m, *a, **k))
         with pytest.raises(PermissionError, match="not writable"):
             export_model(make_model(), str(out))
-        err = _cli_error(capsys, [_PATHS["ckpt"], str(out)])
+        err = _cli_error(capsys, [_PATHS["ckpt"], str(out), "--overwrite"])
         assert "not writable" in err
         assert out.read_bytes() == b"previous model"
     finally:
@@ -607,3 +612,74 @@ def test_interaction_range_is_the_receptive_field(eager):
     assert abs(atom0_energy(0.3, hops + 1) - atom0_energy(0.0, hops + 1)) > 1e-10
     # one edge further: not felt
     assert abs(atom0_energy(0.3, hops + 2) - atom0_energy(0.0, hops + 2)) == 0.0
+
+
+# ----------------------------------------------------------------------------- files are safe
+
+
+def test_cli_never_writes_over_its_input(files, tmp_path, capsys):
+    """`equiformer-export same.pt same.pt` used to replace the checkpoint with the model."""
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(open(files["ckpt"], "rb").read())
+    before = ckpt.read_bytes()
+    for out in (str(ckpt), str(tmp_path / "." / "ckpt.pt")):
+        err = _cli_error(capsys, [str(ckpt), out, "--overwrite"])
+        assert "is the input file" in err
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    assert "is the input file" in _cli_error(capsys, [str(ckpt), str(tmp_path / "link.pt"), "--overwrite"])
+    assert ckpt.read_bytes() == before
+
+
+def test_cli_keeps_an_existing_output_unless_overwrite(files, tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"previous model")
+    err = _cli_error(capsys, [files["ckpt"], str(out)])
+    assert "exists; pass --overwrite" in err and out.read_bytes() == b"previous model"
+    assert export_main([files["ckpt"], str(out), "--overwrite"]) == 0
+    assert read_metadata(str(out))["species_symbols"] == "H C O"
+
+
+def test_cli_min_distance(files, tmp_path, capsys):
+    out = str(tmp_path / "m.pt")
+    assert export_main([files["ckpt"], out, "--min-distance", "0.8"]) == 0
+    assert float(read_metadata(out)["min_distance"]) == 0.8
+    err = _cli_error(capsys, [files["ckpt"], str(tmp_path / "n.pt"), "--min-distance", "-1"])
+    assert "min_distance" in err
+
+
+def test_corrupted_model_is_refused_by_every_python_loader(files, tmp_path):
+    """A model with one flipped bit used to load and give other numbers."""
+    from equiformer.export.contract import load_engine_model
+    from equiformer.files import CorruptFileError
+
+    bad = str(tmp_path / "bad.pt")
+    entry = flip_bit(files["f64"], bad)
+    for load in (lambda: EquiformerCalculator(model=bad), lambda: read_metadata(bad), lambda: load_engine_model(bad)):
+        with pytest.raises(CorruptFileError, match=f"is damaged: the checksum of its entry '{entry}'"):
+            load()
+
+
+def test_corrupted_checkpoint_is_refused(files, tmp_path, capsys):
+    from equiformer.files import CorruptFileError
+
+    bad = str(tmp_path / "bad_ckpt.pt")
+    flip_bit(files["ckpt"], bad)
+    with pytest.raises(CorruptFileError, match="checkpoint .* is damaged"):
+        model_from_checkpoint(bad)
+    assert "is damaged" in _cli_error(capsys, [bad, str(tmp_path / "out.pt")])
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_calculator_warns_once_about_atoms_too_close(calc64):
+    from equiformer.export.contract import CloseAtomsWarning
+
+    atoms = Atoms("CHO", positions=[[0, 0, 0], [0.3, 0, 0], [2.0, 0, 0]])
+    atoms.calc = calc64
+    with pytest.warns(CloseAtomsWarning, match="0.3 Angstrom apart, closer than the 0.5 Angstrom"):
+        atoms.get_potential_energy()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise
+        atoms.positions[1, 0] = 0.2
+        atoms.get_potential_energy()

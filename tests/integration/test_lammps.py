@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, HERE)
 
 from analytic_models import pair_reference, write_pair_model  # noqa: E402
+from damaged_files import flip_bit  # noqa: E402
 from mp_model import exported_reference, mp_reference, write_mp_model  # noqa: E402
 
 pytestmark = pytest.mark.lammps
@@ -767,3 +768,194 @@ def test_plugin_dir_entry_point():
 
     assert os.path.isfile(os.path.join(plugin_dir(), "equiformerplugin.so"))
     assert main([]) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# the shipped copper model: smooth energy surface (perfect lattice, neighbours crossing the
+# cutoff), damaged files, ranks with different files, atoms too close
+
+
+CU_MODEL = os.path.join(ROOT, "models", "cu", "model.float64.pt")
+CU_MODEL32 = os.path.join(ROOT, "models", "cu", "model.pt")
+needs_cu_model = pytest.mark.skipif(not (os.path.isfile(CU_MODEL) and os.path.isfile(CU_MODEL32)),
+                                    reason="models/cu/model.pt and model.float64.pt not shipped")
+
+
+def cu_lattice(n: int = 3, model: str = CU_MODEL) -> str:
+    """An n x n x n perfect fcc Cu cell (4 n^3 atoms, a = 3.615 A) with the copper model."""
+    return (header() + "lattice fcc 3.615\n"
+            f"region box block 0 {n} 0 {n} 0 {n}\ncreate_box 1 box\ncreate_atoms 1 box\nmass 1 {MASSES['Cu']}\n"
+            f"pair_style equiformer\npair_coeff * * {model} Cu\n")
+
+
+def _printed(stdout: str, tag: str) -> np.ndarray:
+    """The numbers of every `TAG ...` line (from fix print / print), one row per line."""
+    rows = [[float(v) for v in line.split()[1:]] for line in stdout.splitlines() if line.startswith(tag + " ")]
+    assert rows, f"no {tag} line in the LAMMPS output"
+    return np.array(rows)
+
+
+@needs_cu_model
+def test_cu_model_minimize_converges(tmp_path):
+    """`minimize` with the shipped float64 Cu model on a 3x3x3 fcc cell (108 atoms) converges,
+    from the perfect lattice and from a rattled one (0.05 A).
+
+    Measured: perfect lattice fmax 7.6e-15 eV/A (a stationary point by symmetry: 0 iterations);
+    rattled: fmax 0.51 -> 8.9e-7 eV/A in 19 iterations (38 force evaluations), stopping on the
+    force tolerance, and back to the perfect lattice's energy (-381.8007 eV) to 7e-12 eV.
+    Bounds: perfect fmax < 1e-10; rattled initial fmax > 0.05 (the rattle did something), final
+    fmax < 1e-4 eV/A with 'force tolerance' as the stopping criterion within 200 iterations and
+    200 force evaluations (10x and 5x; capped so that a bad surface fails in minutes: the model
+    before the retraining had fmax 8e-10 at the perfect lattice, which was not a minimum, and
+    ended both minimisations on 'max force evaluations' with fmax 0.26 and 0.54 eV/A), and the
+    energy within 1e-6 eV of the perfect lattice's (the old model minimised away from the perfect
+    lattice, to 0.18 eV below it).
+    ~19 s (16 s of CPU, most of it libtorch optimising the model on its first call; up to 31 s
+    on a busy machine)."""
+    script = (cu_lattice(3) + "thermo_style custom step pe fmax fnorm\nthermo 1\nmin_modify line quadratic\n"
+              "minimize 0 1e-5 200 200\n"
+              'print "PERFECT $(pe:%.17g) $(fmax:%.17g)"\n'
+              "displace_atoms all random 0.05 0.05 0.05 4321 units box\n"
+              "minimize 0 1e-5 200 200\n"
+              'print "RATTLED $(pe:%.17g) $(fmax:%.17g)"\n')
+    proc = run_lammps(tmp_path, script)
+    out = proc.stdout
+    criteria = re.findall(r"Stopping criterion = (.*)", out)
+    fmax = [(float(a), float(b)) for a, b in re.findall(r"Force max component initial, final = (\S+) (\S+)", out)]
+    assert len(criteria) == len(fmax) == 2, out[-3000:]
+    perfect, rattled = _printed(out, "PERFECT")[0], _printed(out, "RATTLED")[0]
+    # perfect lattice: already a minimum
+    assert fmax[0][0] < 1e-10 and fmax[0][1] < 1e-10, fmax[0]
+    assert abs(perfect[1]) < 1e-10
+    # rattled lattice: converged on the force criterion, back to the perfect lattice
+    assert fmax[1][0] > 0.05, f"the rattle did not move the atoms (fmax {fmax[1][0]})"
+    assert criteria[0].strip() == criteria[1].strip() == "force tolerance", criteria
+    assert fmax[1][1] < 1e-4 and rattled[1] < 1e-4, (fmax[1], rattled)
+    assert abs(rattled[0] - perfect[0]) < 1e-6, (rattled[0], perfect[0])
+
+
+@needs_cu_model
+def test_cu_model_nve_from_perfect_lattice(tmp_path):
+    """NVE from the perfect fcc lattice (108 atoms, 300 K, 1 fs, 50 steps) with the shipped
+    float64 Cu model conserves the total energy (the model before the retraining lost 76 meV
+    in its first step with these velocities: a cusp of the energy at the perfect lattice).
+
+    Measured: max |E(t)-E(0)| = 0.99 meV (9.1e-6 eV/atom), largest change in one step 3.9e-5 eV,
+    while the potential energy rises by 3.3 eV (T 300 -> 57 K). Bounds: 5e-5 eV/atom (5x) and
+    3e-4 eV per step (8x; 250x below the old first-step loss); the potential energy must move
+    by > 0.5 eV (the atoms did move). ~17 s (up to 42 s on a busy machine)."""
+    script = (cu_lattice(3) + "velocity all create 300 4928459 mom yes rot no\nfix nve all nve\ntimestep 0.001\n"
+              'fix p all print 1 "ETOT $(etotal:%.17g) $(pe:%.17g)" screen yes\nthermo 100\nrun 50\n')
+    proc = run_lammps(tmp_path, script)
+    rows = _printed(proc.stdout, "ETOT")
+    assert len(rows) == 51
+    et, pe = rows[:, 0], rows[:, 1]
+    dev = np.abs(et - et[0]).max() / 108
+    step = np.abs(np.diff(et)).max()
+    assert dev < 5e-5, f"energy deviation {dev} eV/atom"
+    assert step < 3e-4, f"total energy changed by {step} eV in one step"
+    assert np.ptp(pe) > 0.5, f"potential energy range {np.ptp(pe)} eV: the atoms did not move"
+
+
+@needs_cu_model
+def test_cu_dimer_crossing_cutoff_conserves_energy(tmp_path):
+    """Two Cu atoms in a 40 A non-periodic box, 5 A apart and approaching at 10 A/ps (2 fs
+    steps, 260 steps): their distance falls through the 4.5 A cutoff to the repulsive wall
+    and comes back out past 4.5 A. The total energy is conserved (the model before the fix
+    jumped 1.236 eV in the step where the first neighbour entered the cutoff).
+
+    Measured: distance 5 -> 2.43 -> 5.17 A; max |E(t)-E(0)| = 6.4e-5 eV, largest change in one
+    step 1.0e-5 eV; the potential energy outside the cutoff is the same before and after
+    (twice the isolated atom's, difference 0). Bounds: 5e-4 eV (8x), 1e-4 eV per step (10x),
+    1e-9 eV for the energy outside the cutoff. ~14 s (up to 38 s on a busy machine)."""
+    script = (header(boundary="f f f") + "atom_modify map yes\nregion box block 0 40 0 40 0 40\ncreate_box 1 box\n"
+              "create_atoms 1 single 17.5 20 20 units box\ncreate_atoms 1 single 22.5 20 20 units box\n"
+              f"mass 1 {MASSES['Cu']}\npair_style equiformer\npair_coeff * * {CU_MODEL} Cu\n"
+              "group a id 1\ngroup b id 2\nvelocity a set 5 0 0 units box\nvelocity b set -5 0 0 units box\n"
+              "variable d equal x[2]-x[1]\nfix nve all nve\ntimestep 0.002\n"
+              'fix p all print 1 "DIMER $(v_d:%.17g) $(etotal:%.17g) $(pe:%.17g)" screen yes\n'
+              "thermo 100\nrun 260\n")
+    proc = run_lammps(tmp_path, script)
+    rows = _printed(proc.stdout, "DIMER")
+    assert len(rows) == 261
+    d, et, pe = rows[:, 0], rows[:, 1], rows[:, 2]
+    # in through the cutoff and back out
+    assert d[0] > 4.5 and d[-1] > 4.5 and d.min() < 3.0, (d[0], d.min(), d[-1])
+    inside = np.nonzero(d < 4.5)[0]
+    assert inside.size and inside[-1] < len(d) - 1
+    dev = np.abs(et - et[0]).max()
+    step = np.abs(np.diff(et)).max()
+    assert dev < 5e-4, f"energy deviation {dev} eV"
+    assert step < 1e-4, f"total energy changed by {step} eV in one step"
+    outside = pe[d > 4.5 + 1e-6]
+    assert np.ptp(outside) < 1e-9, f"energy outside the cutoff varies by {np.ptp(outside)} eV"
+    assert pe.min() < outside[0] - 0.05, "the atoms did not interact inside the cutoff"
+
+
+@needs_cu_model
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_damaged_model_file(tmp_path, nprocs):
+    """A copy of models/cu/model.pt with one byte of a tensor's data flipped: pair_coeff stops
+    with an ERROR that the file is damaged (the entry's checksum), on one and on two ranks."""
+    bad = str(tmp_path / "bad.pt")
+    entry = flip_bit(CU_MODEL32, bad)
+    errors = _error_case(tmp_path, None, coeff=f"* * {bad} Cu Cu Cu Cu", np_=nprocs)
+    assert "is damaged" in errors and "checksum" in errors, errors
+    assert entry in errors, errors  # names the damaged entry
+
+
+def run_mpmd(tmp_path, script: str, files: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """MPICH MPMD: one rank per file, rank k sees EQ_MODEL=files[k] (the input reads it)."""
+    (tmp_path / "in.lmp").write_text(script)
+    cmd = [MPIRUN]
+    for k, f in enumerate(files):
+        cmd += ([":"] if k else []) + ["-np", "1", "-env", "EQ_MODEL", f, LMP, "-in", "in.lmp", "-log", "none"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _mpmd_error(tmp_path, files: Sequence[str]) -> str:
+    script = (header() + "lattice fcc 3.615\nregion box block 0 2 0 2 0 2\ncreate_box 1 box\ncreate_atoms 1 box\n"
+              f"mass 1 {MASSES['Cu']}\nvariable m getenv EQ_MODEL\npair_style equiformer\npair_coeff * * ${{m}} Cu\n"
+              "run 0\n")
+    proc = run_mpmd(tmp_path, script, files)  # a hang raises TimeoutExpired
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    assert errors, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return "\n".join(errors)
+
+
+@needs_cu_model
+def test_ranks_with_different_model_files(tmp_path):
+    """Two ranks whose pair_coeff path (from an environment variable) names different Cu models
+    (float32 and float64): an ERROR that the ranks loaded different model files, no hang."""
+    errors = _mpmd_error(tmp_path, [CU_MODEL32, CU_MODEL])
+    assert "loaded different model files" in errors, errors
+    assert "MPI ranks 0 and 1" in errors, errors
+
+
+@needs_cu_model
+def test_model_missing_on_one_rank(tmp_path):
+    """The file exists on rank 0 only: an ERROR from rank 1 that it does not exist, no hang."""
+    errors = _mpmd_error(tmp_path, [CU_MODEL32, str(tmp_path / "nope.pt")])
+    assert "does not exist" in errors and "(on MPI rank 1)" in errors, errors
+
+
+@needs_cu_model
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_close_atoms_warning(tmp_path, nprocs):
+    """A perfect 2x2x2 fcc cell gives no close-atom warning; one atom added 0.05 A from another
+    (below the model's 0.5 A min_distance) gives exactly one warning line over a 3-step run,
+    from rank 0 only, naming the distance. ~15-25 s each."""
+    warning = "WARNING: pair equiformer: two atoms are"
+    script = (cu_lattice(2) + "run 0\n"
+              'print "MARKER normal lattice done"\n'
+              "create_atoms 1 single 0.05 0 0 units box\nrun 3\n")
+    proc = run_lammps(tmp_path, script, np_=nprocs)
+    text = proc.stdout + proc.stderr
+    before, _, after = text.partition("MARKER normal lattice done")
+    assert after, "the first run did not finish"
+    assert warning not in before
+    lines = [line for line in after.splitlines() if line.startswith(warning)]
+    assert len(lines) == 1, lines
+    assert "0.05 Angstrom apart" in lines[0], lines[0]

@@ -10,6 +10,7 @@ Every energy / force is compared with an independent reference:
 
 import os
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from openmm import app, unit  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analytic_models import SYMBOLS, pair_reference, write_pair_model  # noqa: E402
+from damaged_files import flip_bit  # noqa: E402
 
 from equiformer.export.contract import read_metadata  # noqa: E402
 from equiformer.openmm import (  # noqa: E402
@@ -677,3 +679,210 @@ def test_openmmml_bad_input(pair_model, tmp_path):
         potential.createSystem(make_topology(["C", "H"], np.eye(3) * 0.2))
     with pytest.raises(ValueError, match="exported in float64"):
         potential.createSystem(make_topology(["C", "H"]), precision="single")
+
+
+# --------------------------------------------------------------------------------------------
+# runtime checks: a box that is too small only in the System, close atoms, damaged model files
+# --------------------------------------------------------------------------------------------
+
+EV_KJ = 96.48533212331002  # kJ/mol per eV
+CU_MODEL = str(Path(__file__).resolve().parents[2] / "models" / "cu" / "model.pt")
+# two Cu atoms 0.12 nm apart (inside the 4.5 A cutoff)
+TWO_CU_NM = np.array([[0.05, 0.05, 0.05], [0.17, 0.15, 0.1]])
+
+
+@pytest.fixture(scope="module")
+def pair45_model(model_dir):
+    """The analytic pair model with the shipped Cu model's cutoff, 4.5 A = 0.45 nm (evaluates in
+    milliseconds, where the real model's first TorchScript calls take tens of seconds)."""
+    return write_pair_model(str(model_dir / "pair45.pt"), cutoff=4.5)
+
+
+def _cubic(edge_nm):
+    return [openmm.Vec3(edge_nm, 0, 0), openmm.Vec3(0, edge_nm, 0), openmm.Vec3(0, 0, edge_nm)]
+
+
+_DEFAULT_BOX_SCRIPT = r"""
+import sys, numpy as np, torch, openmm
+torch.set_num_threads(1)
+from equiformer.openmm import create_torch_force
+model, pos = sys.argv[1], np.array([[0.05, 0.05, 0.05], [0.17, 0.15, 0.1]])
+for edge in (1.0, 0.4):
+    system = openmm.System()
+    for _ in range(2):
+        system.addParticle(63.546)
+    system.setDefaultPeriodicBoxVectors(openmm.Vec3(edge, 0, 0), openmm.Vec3(0, edge, 0), openmm.Vec3(0, 0, edge))
+    system.addForce(create_torch_force(model, ["Cu"] * 2, periodic=True))  # no box known to Python
+    integrator = openmm.VerletIntegrator(0.0005)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(pos)
+    try:
+        energy = context.getState(getEnergy=True).getPotentialEnergy()._value
+        integrator.step(1)
+        print("WORKS", edge, repr(energy), flush=True)
+    except Exception as exc:
+        print("REFUSED", edge, type(exc).__name__, str(exc).replace(chr(10), " "), flush=True)
+"""
+
+
+def test_default_box_too_small_torchforce(pair45_model):
+    """TorchForce whose box comes only from the System's default box vectors (periodic=True,
+    no box given to Python): a 1.0 nm box gives the pair model's energy, a 0.4 nm box (below
+    the 0.45 nm cutoff) makes the first step raise an OpenMMException naming the problem. In
+    a subprocess because this case used to crash the process (SIGSEGV)."""
+    import subprocess
+    run = subprocess.run([sys.executable, "-c", _DEFAULT_BOX_SCRIPT, pair45_model], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stdout[-2000:], run.stderr[-2000:])
+    lines = run.stdout.strip().splitlines()
+    works = [line for line in lines if line.startswith("WORKS 1.0 ")]
+    assert len(works) == 1, run.stdout
+    ref = pair_reference(["Cu", "Cu"], TWO_CU_NM * 10, np.eye(3) * 10.0, 4.5)
+    assert float(works[0].split()[2]) == pytest.approx(ref["energy"] * EV_KJ, rel=1e-10)
+    refused = [line for line in lines if line.startswith("REFUSED 0.4 ")]
+    assert len(refused) == 1, (run.stdout, run.stderr[-2000:])
+    assert refused[0].startswith("REFUSED 0.4 OpenMMException")
+    assert "periodic box too small" in refused[0] and "0.45" in refused[0]
+
+
+def test_default_box_too_small_pythonforce(pair45_model):
+    """PythonForce with the box only in the System's defaults: a 1.0 nm box gives the pair
+    model's energy; a 0.4 nm box (< 0.45 nm cutoff) makes the first step raise an
+    OpenMMException that names the problem."""
+    if not hasattr(openmm, "PythonForce"):
+        pytest.skip("no openmm.PythonForce")
+    ref = pair_reference(["Cu", "Cu"], TWO_CU_NM * 10, np.eye(3) * 10.0, 4.5)
+    for edge in (1.0, 0.4):
+        system = make_system(["Cu", "Cu"])
+        system.setDefaultPeriodicBoxVectors(*_cubic(edge))
+        system.addForce(create_python_force(pair45_model, ["Cu", "Cu"], periodic=True))
+        integrator = openmm.VerletIntegrator(0.0005)
+        context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(TWO_CU_NM)
+        if edge == 1.0:
+            integrator.step(1)
+            context.setPositions(TWO_CU_NM)
+            energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            assert energy == pytest.approx(ref["energy"] * EV_KJ, rel=1e-10)
+        else:
+            with pytest.raises(openmm.OpenMMException, match=r"periodic box too small.*0\.4 nm, smaller than the model cutoff 0\.45 nm"):
+                integrator.step(1)
+
+
+def _periodic_mm_system(edge_nm, n=3):
+    """A periodic MM System (box only in its default vectors) whose NonbondedForce adds nothing."""
+    system = make_system(["Cu"] * n)
+    system.setDefaultPeriodicBoxVectors(*_cubic(edge_nm))
+    nb = openmm.NonbondedForce()
+    nb.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
+    nb.setCutoffDistance(0.19)
+    for _ in range(n):
+        nb.addParticle(0.0, 0.2, 0.0)
+    system.addForce(nb)
+    return system
+
+
+@pytest.mark.parametrize("implementation", ["torchforce", "pythonforce"])
+def test_openmmml_default_box_too_small(pair45_model, implementation):
+    """openmm-ml createMixedSystem with a box-less Topology and a periodic MM System: the ML
+    force takes the System's default box; 0.4 nm (< 0.45 nm cutoff) is refused when the
+    system is built, 1.0 nm gives a periodic system with the pair model's energy."""
+    from openmmml import MLPotential
+    if implementation == "pythonforce" and not hasattr(openmm, "PythonForce"):
+        pytest.skip("no openmm.PythonForce")
+    potential = MLPotential("equiformer", modelPath=pair45_model, implementation=implementation)
+    topology = make_topology(["Cu"] * 3)
+    assert topology.getPeriodicBoxVectors() is None
+    with pytest.raises(ValueError, match=r"periodic box too small.*0\.4 nm.*cutoff 0\.45 nm"):
+        potential.createMixedSystem(topology, _periodic_mm_system(0.4), [0, 1])
+    mixed = potential.createMixedSystem(topology, _periodic_mm_system(1.0), [0, 1])
+    assert mixed.usesPeriodicBoundaryConditions()
+    pos = np.vstack([TWO_CU_NM, [[0.5, 0.6, 0.7]]])
+    # atom 0 and the image of atom 1 shifted by -1 box along x are 0.14 nm apart: only a
+    # periodic ML force sees that pair
+    pos[1, 0] += 1.0
+    energy, _ = evaluate(mixed, pos)
+    ref = pair_reference(["Cu", "Cu"], wrap(pos[:2] * 10, np.eye(3) * 10.0), np.eye(3) * 10.0, 4.5)
+    assert energy == pytest.approx(ref["energy"] * EV_KJ, rel=1e-10)
+
+
+@pytest.mark.skipif(not HAVE_TORCHFORCE, reason="openmm-torch missing")
+def test_close_atoms_warning_torchforce(pair45_model):
+    """TorchForce: atoms 0.02 nm apart (model min_distance 0.05 nm) print the 'two atoms are'
+    warning on stderr exactly once over 3 steps (they stay that close: it is reported once, not
+    silenced by moving apart); a normal geometry prints none; a new Context warns again."""
+    from close_atoms_run import run_split
+
+    distances, parts = run_split("torchforce", pair45_model, "Reference")
+    assert distances["close"] < 0.05 and distances["normal"] > 0.05
+    assert parts["normal"].count("two atoms are") == 0, parts["normal"]
+    assert parts["close"].count("two atoms are") == 1, parts["close"]
+    assert "two atoms are 0.02000 nm apart" in parts["close"]
+    assert parts["close-new-context"].count("two atoms are") == 1, parts["close-new-context"]
+
+
+def test_close_atoms_warning_pythonforce(pair45_model):
+    """PythonForce: atoms 0.02 nm apart issue one CloseAtomsWarning over 4 steps (they stay
+    closer than min_distance throughout); a normal geometry issues none."""
+    import warnings
+
+    from equiformer.export.contract import CloseAtomsWarning
+    if not hasattr(openmm, "PythonForce"):
+        pytest.skip("no openmm.PythonForce")
+    counts = {}
+    for label, d in (("normal", 0.2), ("close", 0.02)):
+        system = make_system(["Cu"] * 3)
+        system.addForce(create_python_force(pair45_model, ["Cu"] * 3))
+        integrator = openmm.VerletIntegrator(0.0005)
+        context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(np.array([[0.0, 0.0, 0.0], [d, 0.0, 0.0], [0.1, 0.2, 0.0]]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(4):
+                integrator.step(1)
+        close = [w for w in caught if issubclass(w.category, CloseAtomsWarning)]
+        counts[label] = len(close)
+        if label == "close":
+            assert "two atoms are 0.02 nm apart" in str(close[0].message)
+            p = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+            assert np.linalg.norm(p[1] - p[0]) < 0.05
+    assert counts == {"normal": 0, "close": 1}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_damaged_model_file(route, pair_model, tmp_path):
+    """A copy of models/cu/model.pt with one byte flipped inside a tensor's data is refused
+    with 'is damaged' naming the entry (torch.jit.load itself would load it); the undamaged
+    copy is accepted. TorchForce route: a damaged saved TorchForce module is refused too."""
+    if not os.path.isfile(CU_MODEL):
+        pytest.skip(f"{CU_MODEL} missing")
+    import shutil
+    good = str(tmp_path / "good.pt")
+    shutil.copyfile(CU_MODEL, good)
+    damaged = str(tmp_path / "damaged.pt")
+    entry = flip_bit(CU_MODEL, damaged)
+    with pytest.raises(ValueError, match=f"{re.escape(damaged)} is damaged.*{re.escape(entry)}"):
+        CREATE[route](damaged, ["Cu", "Cu"])
+    if route == "pythonforce":
+        assert create_python_force(good, ["Cu", "Cu"]).getName() == "EquiformerPythonForce"
+    else:
+        from equiformer.export.contract import read_metadata
+        assert read_metadata(good)["species_symbols"] == "Cu"
+        saved = str(tmp_path / "torchforce.pt")
+        create_torch_force(pair_model, ["H", "C"], save_path=saved)
+        bad_saved = str(tmp_path / "torchforce-damaged.pt")
+        flip_bit(saved, bad_saved)
+        assert load_torch_force(saved).getOutputsForces()
+        with pytest.raises(ValueError, match="is damaged"):
+            load_torch_force(bad_saved)
+
+
+def test_openmmml_damaged_model_file(tmp_path):
+    """openmm-ml refuses a damaged model file when the MLPotential is created."""
+    from openmmml import MLPotential
+    if not os.path.isfile(CU_MODEL):
+        pytest.skip(f"{CU_MODEL} missing")
+    damaged = str(tmp_path / "damaged.pt")
+    flip_bit(CU_MODEL, damaged)
+    with pytest.raises(ValueError, match="is damaged"):
+        MLPotential("equiformer", modelPath=damaged)

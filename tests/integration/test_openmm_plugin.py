@@ -6,6 +6,9 @@ Skipped when the plugin library is not built (scripts/build_cpp.sh).
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -362,3 +365,119 @@ def test_openmm_ml_mixed_system(model):
         energies.append(evaluate(system, pos))
     assert abs(energies[0][0] - energies[1][0]) <= TOL * abs(energies[1][0])
     assert np.abs(energies[0][1] - energies[1][1]).max() <= TOL * np.abs(energies[1][1]).max()
+
+
+# --------------------------------------------------------------------------------------------
+# runtime checks: a box too small only in the System, close atoms, damaged model files
+
+CU_MODEL = str(Path(__file__).resolve().parents[2] / "models" / "cu" / "model.pt")
+TWO_CU = np.array([[0.05, 0.05, 0.05], [0.17, 0.15, 0.1]])  # nm, 0.12 nm apart
+
+
+@pytest.fixture(scope="module")
+def pair45(tmp_path_factory):
+    """The analytic pair model (tests/analytic_models.py) with the Cu model's 4.5 A cutoff: fast,
+    with a closed-form reference."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from analytic_models import write_pair_model
+    return write_pair_model(str(tmp_path_factory.mktemp("plugin-pair") / "pair45.pt"), cutoff=4.5)
+
+
+def cubic(edge):
+    return [openmm.Vec3(edge, 0, 0), openmm.Vec3(0, edge, 0), openmm.Vec3(0, 0, edge)]
+
+
+def test_default_box_too_small_stops_before_a_step(pair45):
+    """EquiformerForce(periodic=True) with the box only in the System's default vectors: 0.4 nm
+    (< the 0.45 nm cutoff) raises an OpenMMException naming the problem at the latest at the
+    first step; a 1.0 nm box gives the pair model's periodic energy."""
+    from analytic_models import pair_reference
+    for edge in (1.0, 0.4):
+        system = make_system(2, np.eye(3) * edge, masses=[63.546] * 2)
+        system.addForce(EquiformerForce(pair45, ["Cu", "Cu"], periodic=True))
+        if edge == 1.0:
+            integrator = openmm.VerletIntegrator(5e-4)
+            context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+            context.setPositions(TWO_CU + [1.0, 0.0, 0.0])  # an image: the periodic box is used
+            integrator.step(1)
+            context.setPositions(TWO_CU + [1.0, 0.0, 0.0])
+            energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            ref = pair_reference(["Cu", "Cu"], TWO_CU * 10, np.eye(3) * 10.0, 4.5)
+            assert abs(energy - ref["energy"] * EV) <= TOL * abs(ref["energy"] * EV)
+        else:
+            with pytest.raises(openmm.OpenMMException,
+                               match=r"periodic box too small.*0\.4 nm, smaller than the model cutoff 0\.45 nm"):
+                integrator = openmm.VerletIntegrator(5e-4)
+                context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+                context.setPositions(TWO_CU)
+                integrator.step(1)
+
+
+def test_openmm_ml_native_default_box_too_small(pair45):
+    """openmm-ml implementation='native', box-less Topology + periodic MM System: the System's
+    default box is checked, 0.4 nm refused when the mixed system is built, 1.0 nm accepted."""
+    mlpotential = pytest.importorskip("openmmml")
+    topology = app.Topology()
+    residue = topology.addResidue("MOL", topology.addChain())
+    for k in range(3):
+        topology.addAtom(f"Cu{k}", app.Element.getBySymbol("Cu"), residue)
+    potential = mlpotential.MLPotential("equiformer", modelPath=pair45, implementation="native")
+    systems = {}
+    for edge in (0.4, 1.0):
+        mm = make_system(3, np.eye(3) * edge, masses=[63.546] * 3)
+        nonbonded = openmm.NonbondedForce()
+        nonbonded.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
+        nonbonded.setCutoffDistance(0.19)
+        for _ in range(3):
+            nonbonded.addParticle(0.0, 0.2, 0.0)
+        mm.addForce(nonbonded)
+        if edge == 0.4:
+            with pytest.raises(ValueError, match=r"periodic box too small.*0\.4 nm.*cutoff 0\.45 nm"):
+                potential.createMixedSystem(topology, mm, [0, 1])
+        else:
+            systems[edge] = potential.createMixedSystem(topology, mm, [0, 1])
+    forces = [f for f in systems[1.0].getForces() if f.getName() == "EquiformerForce"]
+    assert len(forces) == 1 and EquiformerForce.cast(forces[0]).usesPeriodicBoundaryConditions()
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_close_atoms_warning_once(pair45, platform):
+    """Atoms 0.02 nm apart (model min_distance 0.05 nm): 'EquiformerForce: warning: two atoms
+    are' on stderr exactly once over 3 steps (the atoms stay that close), none for a normal
+    geometry, once more for a new Context."""
+    from close_atoms_run import run_split
+
+    distances, parts = run_split("native", pair45, platform)
+    assert distances["close"] < 0.05 and distances["normal"] > 0.05
+    message = "EquiformerForce: warning: two atoms are"
+    assert parts["normal"].count("two atoms are") == 0, parts["normal"]
+    assert parts["close"].count(message) == 1 and parts["close"].count("two atoms are") == 1, parts["close"]
+    assert "two atoms are 0.02 nm apart" in parts["close"]
+    assert parts["close-new-context"].count(message) == 1, parts["close-new-context"]
+
+
+def test_damaged_model_file(tmp_path):
+    """A copy of models/cu/model.pt with one byte flipped inside a tensor's data: Context
+    creation raises an OpenMMException with 'is damaged' naming the entry (Reference and CPU),
+    create_native_force refuses it too; the undamaged copy gives a Context."""
+    import shutil
+    if not os.path.isfile(CU_MODEL):
+        pytest.skip(f"{CU_MODEL} missing")
+    good, damaged = str(tmp_path / "good.pt"), str(tmp_path / "damaged.pt")
+    shutil.copyfile(CU_MODEL, good)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from damaged_files import flip_bit
+
+    entry = flip_bit(CU_MODEL, damaged)
+
+    for platform in ("Reference", "CPU"):
+        system = make_system(2)
+        system.addForce(EquiformerForce(damaged, ["Cu", "Cu"]))
+        message = context_error(system, platform)
+        assert "is damaged" in message and damaged in message and entry in message, message
+    with pytest.raises(ValueError, match="is damaged"):
+        create_native_force(damaged, ["Cu", "Cu"])
+
+    system = make_system(2)
+    system.addForce(EquiformerForce(good, ["Cu", "Cu"]))
+    openmm.Context(system, openmm.VerletIntegrator(1e-4), openmm.Platform.getPlatformByName("Reference"))

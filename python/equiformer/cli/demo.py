@@ -10,8 +10,10 @@ Steps: (1) export the shipped checkpoints ``models/cu/model.ckpt.pt`` and
 2 MPI ranks; (3) the same frames re-evaluated with the reference EAM potential
 (``pair_style eam``, Cu_u3.eam, ``rerun``) -> per-frame energy and force errors; (4) a
 reference EAM trajectory from the same start and the radial distribution functions of both;
-(5) OpenMM Langevin dynamics of aspirin with a ``TorchForce``; (6) PNG plots, ``summary.json``,
-``demo.log`` and a summary table.
+(5) crystal checks of the Cu model and EAM on a 108-atom fcc cell (1 MPI rank): minimisation
+of the perfect and a rattled lattice, the energy-volume curve with a Birch-Murnaghan fit (a0,
+bulk modulus) and NVE energy conservation from 300 K; (6) OpenMM Langevin dynamics of aspirin
+with a ``TorchForce``; (7) PNG plots, ``summary.json``, ``demo.log`` and a summary table.
 
 The output folder must be empty or absent; an existing non-empty folder is refused unless
 ``--overwrite`` is given (then the demo's own files in it are replaced).
@@ -311,6 +313,198 @@ def lammps_part(out: Path, model: Path, reps: int, steps: int, every: int, tempe
 
 
 # --------------------------------------------------------------------------------------
+# LAMMPS: crystal checks (minimisation, energy-volume curve, NVE energy conservation)
+
+CRYSTAL_REPS = 3  # 3x3x3 conventional cells (108 atoms): 10.4 A at -4 %, wider than twice either cutoff
+FMAX_TOL = 1e-4  # eV/A: a relaxed perfect or rattled lattice must get below this
+MINIMIZE = "minimize 0 1e-5 1000 10000"  # no energy criterion: stop on |F|_2 < 1e-5 eV/A (or a failed line search)
+EV_PER_A3_TO_GPA = 160.21766208
+
+
+def crystal_input(pair: List[str], minimise: bool, rattle: bool, scales: np.ndarray, nve_steps: int,
+                  seed: int) -> str:
+    """One LAMMPS input for the crystal checks of one potential, so that a model is loaded (and
+    TorchScript's warm-up of the first force calls paid) once: with ``minimise``, minimise the
+    perfect lattice and, with ``rattle``, a rattled one; E(V) over ``scales`` x a0; NVE from
+    300 K for ``nve_steps``."""
+    box = CRYSTAL_REPS * CU_A0
+    lines = [
+        "units metal", "atom_style atomic", "boundary p p p",
+        f"lattice fcc {CU_A0}", f"region box block 0 {CRYSTAL_REPS} 0 {CRYSTAL_REPS} 0 {CRYSTAL_REPS}",
+        "create_box 1 box", "create_atoms 1 box", f"mass 1 {CU_MASS}",
+        *pair,
+        "neighbor 1.0 bin",
+    ]
+    if minimise:
+        lines += ["thermo_style custom step pe fmax fnorm", "thermo_modify format float %.12g", "thermo 10",
+                  "min_style cg", "min_modify line quadratic", MINIMIZE]
+    if minimise and rattle:
+        lines += [
+            # from the exact lattice again: displace_atoms seeds each atom's displacement from its
+            # coordinates, so the round-off left by the first minimisation would give every
+            # potential (and dtype) a different rattle
+            "delete_atoms group all", "create_atoms 1 box",
+            f"displace_atoms all random 0.05 0.05 0.05 {seed} units box", MINIMIZE,
+            "delete_atoms group all", "create_atoms 1 box",  # the perfect lattice for E(V) and NVE
+        ]
+    for s in scales:  # box and atoms scaled together; the EOS lines are read back by read_eos
+        lines += [f"change_box all x final 0 {box * s:.10f} y final 0 {box * s:.10f} "
+                  f"z final 0 {box * s:.10f} remap units box",
+                  "run 0", f'print "EOS {CU_A0 * s:.10f} $(vol:%.12g) $(pe:%.12g) $(atoms)"']
+    if nve_steps:
+        lines += [
+            f"change_box all x final 0 {box:.10f} y final 0 {box:.10f} z final 0 {box:.10f} remap units box",
+            "reset_timestep 0", "timestep 0.001",
+            f"velocity all create 300.0 {seed} mom yes rot no dist gaussian", "fix nve all nve",
+            # the only 'Step Temp ...' thermo header of this log: read_thermo reads just the NVE run
+            "thermo_style custom step temp pe ke etotal", "thermo_modify format float %.12g", "thermo 1",
+            f"run {nve_steps}",
+        ]
+    return "\n".join(lines + [""])
+
+
+def read_minimize(logfile: Path) -> List[Dict[str, object]]:
+    """The 'Minimization stats' blocks of a LAMMPS log, in order."""
+    lines = logfile.read_text().splitlines()
+    res = []
+    for i, line in enumerate(lines):
+        if line.strip() != "Minimization stats:":
+            continue
+        block = {}
+        for k in range(i + 1, min(i + 12, len(lines))):
+            key, _, val = lines[k].partition("=")
+            key, val = key.strip(), val.split()
+            if key == "Stopping criterion":
+                block["stop"] = " ".join(val)
+            elif key == "Energy initial, next-to-last, final":
+                block["energy_final_eV"] = float(lines[k + 1].split()[-1])
+            elif key == "Iterations, force evaluations":
+                block["iterations"], block["force_evaluations"] = int(val[0]), int(val[1])
+            elif key == "Force two-norm initial, final":
+                block["fnorm_final_eV_A"] = float(val[1])
+            elif key == "Force max component initial, final":
+                block["fmax_initial_eV_A"], block["fmax_final_eV_A"] = float(val[0]), float(val[1])
+        if "fmax_final_eV_A" not in block or "iterations" not in block:
+            raise DemoError(f"{logfile}: unexpected 'Minimization stats' block:\n" + "\n".join(lines[i:i + 12]))
+        res.append(block)
+    return res
+
+
+def read_eos(logfile: Path) -> np.ndarray:
+    """Rows (a, volume per atom, energy per atom) printed by the EOS lines of crystal_input."""
+    rows = []
+    for line in logfile.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[0] == "EOS":  # the echoed commands themselves start with 'print'
+            a, vol, pe, n = (float(p) for p in parts[1:])
+            rows.append((a, vol / n, pe / n))
+    return np.array(rows).reshape(-1, 3)
+
+
+def bm_polynomial(v: np.ndarray, e: np.ndarray) -> np.ndarray:
+    # the third-order Birch-Murnaghan energy is a cubic polynomial in x = V^(-2/3): fitting
+    # it is a linear least-squares problem, with no starting guess to get wrong
+    return np.polyfit(v ** (-2.0 / 3.0), e, 3)
+
+
+def birch_murnaghan(v: np.ndarray, e: np.ndarray) -> Dict[str, object]:
+    """Third-order Birch-Murnaghan fit of E(V) per atom: a0, E0 and B = V d2E/dV2 = (4/9) V0^(-7/3) d2E/dx2."""
+    x = v ** (-2.0 / 3.0)
+    c = bm_polynomial(v, e)
+    d1, d2 = np.polyder(c), np.polyder(c, 2)
+    minima = [r.real for r in np.roots(d1) if abs(r.imag) < 1e-12 and r.real > 0 and np.polyval(d2, r.real) > 0]
+    if not minima:
+        raise DemoError(f"the energy-volume fit has no minimum (V, E per atom: {np.c_[v, e].tolist()})")
+    x0 = min(minima, key=lambda r: abs(r - x.mean()))
+    v0 = x0 ** -1.5
+    return {"a0_A": float((4 * v0) ** (1 / 3)), "V0_A3_per_atom": float(v0),
+            "E0_eV_per_atom": float(np.polyval(c, x0)),
+            "B_GPa": float(4 / 9 * v0 ** (-7 / 3) * np.polyval(d2, x0) * EV_PER_A3_TO_GPA),
+            "a0_in_scanned_range": bool(v.min() <= v0 <= v.max()),  # else an extrapolation: do not trust it
+            "fit_rms_meV_per_atom": float(1e3 * np.sqrt(np.mean((np.polyval(c, x) - e) ** 2)))}
+
+
+def nve_stats(thermo: Dict[int, Dict[str, float]], n_atoms: int, dt_fs: float) -> Dict[str, object]:
+    steps = np.array(sorted(thermo))
+    etot = np.array([thermo[s]["toteng"] for s in steps]) / n_atoms
+    dev = etot - etot[0]
+    return {"steps": int(steps[-1]), "timestep_fs": dt_fs, "initial_temperature_K": 300.0,
+            "mean_temperature_K": float(np.mean([thermo[s]["temp"] for s in steps])),
+            "etot_max_deviation_meV_per_atom": float(1e3 * np.abs(dev).max()),
+            # slope of a straight line through E_tot(t): the drift, as opposed to the bounded fluctuation
+            "etot_drift_meV_per_atom_per_ps": float(1e3 * np.polyfit(steps * dt_fs * 1e-3, etot, 1)[0])}
+
+
+def minimise_results(logf: Path, rattle: bool, n_atoms: int) -> Dict[str, Dict[str, object]]:
+    mins = read_minimize(logf)
+    if len(mins) != 1 + rattle:
+        raise DemoError(f"{logf}: expected {1 + rattle} minimisations, found {len(mins)}")
+    res = dict(zip(("perfect", "rattled"), mins))
+    for m in res.values():
+        m["converged"] = bool(m["fmax_final_eV_A"] < FMAX_TOL)
+    if rattle:  # ~0 when the rattled cell relaxed back to the perfect lattice
+        res["rattled"]["energy_above_perfect_meV_per_atom"] = float(
+            1e3 * (res["rattled"]["energy_final_eV"] - res["perfect"]["energy_final_eV"]) / n_atoms)
+    return res
+
+
+def crystal_part(out: Path, model: Path, model64: Path, quick: bool, log: Log) -> Dict[str, object]:
+    work = out / "lammps"
+    work.mkdir(exist_ok=True)
+    n_atoms = 4 * CRYSTAL_REPS ** 3
+    scales = np.linspace(0.96, 1.04, 5 if quick else 9)  # a0 +- 4 %
+    nve_steps, rattle = (30, False) if quick else (300, True)
+    log(f"LAMMPS: Cu fcc {CRYSTAL_REPS}x{CRYSTAL_REPS}x{CRYSTAL_REPS} ({n_atoms} atoms) crystal checks on 1 MPI rank: "
+        f"minimise the {'perfect and a rattled' if rattle else 'perfect'} lattice, E(V) at {len(scales)} lattice "
+        f"constants, NVE from 300 K ({nve_steps} steps of 1 fs) ...")
+    # name -> (pair lines, minimise?, E(V) and NVE?). The model minimises in float64: float32
+    # round-off (~1e-5 eV of a -382 eV total energy) exceeds a line search's energy change once
+    # the forces are below ~1e-3 eV/A (measured: cg stops at fmax 2.7e-4 with the float32 export;
+    # float64 reaches 1e-6). E(V) and NVE use the float32 export users run MD with.
+    equiformer = "pair_style equiformer device cpu"
+    runs = {"equiformer": ([equiformer, f"pair_coeff * * {model.resolve()} Cu"], False, True),
+            "equiformer_float64": ([equiformer, f"pair_coeff * * {model64.resolve()} Cu"], True, False),
+            "eam": (["pair_style eam", f"pair_coeff * * {eam_file()}"], True, True)}
+    res = {"atoms": n_atoms, "fmax_tolerance_eV_A": FMAX_TOL, "minimise_converged": {}}
+    eos_rows, nve_thermo = {}, {}
+    for name, (pair, minimise, full) in runs.items():
+        script = crystal_input(pair, minimise, rattle, scales if full else np.array([]), nve_steps if full else 0,
+                               87287)
+        wall = run_lmp(work, f"in.crystal_{name}", script, 1, log)
+        logf = work / f"log.crystal_{name}.lammps"
+        r = res[name] = {"wall_s": round(wall, 2)}
+        msg = ""
+        if minimise:
+            r["minimise"] = minimise_results(logf, rattle, n_atoms)
+            res["minimise_converged"][name] = all(m["converged"] for m in r["minimise"].values())
+            msg = "minimise: " + ", ".join(f"{k} {m['iterations']} iterations, fmax {m['fmax_final_eV_A']:.1e} eV/A"
+                                           f"{'' if m['converged'] else ' (NOT below %g: %s)' % (FMAX_TOL, m['stop'])}"
+                                           for k, m in r["minimise"].items())
+        if full:
+            eos_rows[name] = read_eos(logf)
+            if len(eos_rows[name]) != len(scales):
+                raise DemoError(f"{logf}: expected {len(scales)} energy-volume points, found {len(eos_rows[name])}")
+            nve_thermo[name] = read_thermo(logf)
+            if len(nve_thermo[name]) != nve_steps + 1:
+                raise DemoError(f"{logf}: expected {nve_steps + 1} NVE thermo rows, found {len(nve_thermo[name])}")
+            fit = birch_murnaghan(eos_rows[name][:, 1], eos_rows[name][:, 2])
+            r["eos"] = {**fit, "points_a_A_V_A3_E_eV": eos_rows[name].tolist()}
+            r["nve"] = nve_stats(nve_thermo[name], n_atoms, 1.0)
+            msg += (f"{'; ' if msg else ''}a0 {fit['a0_A']:.4f} A, B {fit['B_GPa']:.0f} GPa"
+                    f"{'' if fit['a0_in_scanned_range'] else ' (a0 OUTSIDE the scanned range)'}; NVE E_tot max "
+                    f"deviation {r['nve']['etot_max_deviation_meV_per_atom']:.4f} meV/atom, drift "
+                    f"{r['nve']['etot_drift_meV_per_atom_per_ps']:.3f} meV/atom/ps")
+        log(f"  {name}: {wall:.1f} s; {msg}")
+    for name, ok in res["minimise_converged"].items():
+        if not ok:
+            log(f"  WARNING: {name}: the minimisation did not reach fmax < {FMAX_TOL:g} eV/A")
+    np.savetxt(work / "eos.txt", np.c_[eos_rows["equiformer"], eos_rows["eam"][:, 2]],
+               header="a_A volume_per_atom_A3 pe_per_atom_equiformer_eV pe_per_atom_eam_eV")
+    plots_crystal(out, eos_rows, res, nve_thermo, n_atoms)
+    return res
+
+
+# --------------------------------------------------------------------------------------
 # OpenMM
 
 
@@ -468,11 +662,81 @@ def plots_openmm(out, rows):
     plt.close(fig)
 
 
+def plots_crystal(out, eos_rows, res, nve_thermo, n):
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    styles = {"equiformer": ("o", "-", "Equiformer"), "eam": ("s", "--", "EAM (Cu_u3)")}
+    for name, (marker, line, label) in styles.items():
+        rows, fit = eos_rows[name], res[name]["eos"]
+        v = np.linspace(rows[:, 1].min(), rows[:, 1].max(), 200)
+        c = bm_polynomial(rows[:, 1], rows[:, 2])  # the fit of the summary, drawn
+        p = ax[0].plot(rows[:, 1], rows[:, 2], marker, ms=5, label=f"{label}: a0 {fit['a0_A']:.3f} A, "
+                       f"B {fit['B_GPa']:.0f} GPa")
+        ax[0].plot(v, np.polyval(c, v ** (-2 / 3)), line, color=p[0].get_color(), lw=1)
+    ax[0].axvline(CU_A0 ** 3 / 4, color="0.6", lw=0.8, ls=":", label=f"a = {CU_A0} A")
+    ax[0].set(xlabel="volume per atom (A$^3$)", ylabel="energy per atom (eV)",
+              title="fcc Cu E(V), Birch-Murnaghan fits")
+    ax[0].legend(fontsize=8)
+    d = eos_rows["equiformer"][:, 2] - eos_rows["eam"][:, 2]
+    ax[1].plot(eos_rows["eam"][:, 0], 1e3 * d, "o-", ms=4)
+    ax[1].set(xlabel="lattice constant (A)", ylabel="Equiformer - EAM (meV/atom)",
+              title="energy difference along E(V)")
+    fig.tight_layout()
+    fig.savefig(out / "cu_eos.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    th = nve_thermo["equiformer"]
+    s = np.array(sorted(th))  # steps of 1 fs
+    etot, pe, ke = (np.array([th[k][q] for k in s]) / n for q in ("toteng", "poteng", "kineng"))
+    ax[0].plot(s, 1e3 * (etot - etot[0]), label="total - E_tot(0)")
+    ax[0].plot(s, 1e3 * (pe - etot[0]), label="potential - E_tot(0)")
+    ax[0].plot(s, 1e3 * ke, label="kinetic")
+    ax[0].set(xlabel="time (fs)", ylabel="energy per atom (meV)",
+              title=f"Equiformer NVE, {n} atoms, 300 K start, 1 fs steps")
+    ax[0].legend(fontsize=8)
+    for name, label in (("equiformer", "Equiformer"), ("eam", "EAM (same start)")):
+        th = nve_thermo[name]
+        s = np.array(sorted(th))
+        e = np.array([th[k]["toteng"] for k in s]) / n
+        ax[1].plot(s, 1e6 * (e - e[0]), label=label)
+    ax[1].set(xlabel="time (fs)", ylabel="E_tot - E_tot(0) per atom ($\\mu$eV)",
+              title="total energy conservation (zoomed)")
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "cu_nve.png", dpi=110)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------------------
 
 
+def crystal_rows(xt: Dict[str, object]) -> List[str]:
+    ml, eam = xt["equiformer"], xt["eam"]
+
+    def mins(r):  # "perfect: 1 it., fmax 2.8e-07; rattled: ..." with a failure spelled out
+        return "; ".join(f"{k}: {m['iterations']} it., fmax {m['fmax_final_eV_A']:.1e}"
+                         f"{'' if m['converged'] else ' **NOT < %g** (%s)' % (xt['fmax_tolerance_eV_A'], m['stop'])}"
+                         for k, m in r["minimise"].items())
+
+    def both(part, key, fmt):
+        return f"{ml[part][key]:{fmt}} / {eam[part][key]:{fmt}}"
+
+    return [
+        f"| Cu crystal ({xt['atoms']} atoms): minimise, Equiformer float64 (eV/A) | {mins(xt['equiformer_float64'])} |",
+        f"| Cu crystal: minimise, EAM (eV/A) | {mins(eam)} |",
+        f"| Cu crystal: a0, Equiformer / EAM (A) | {both('eos', 'a0_A', '.4f')} |",
+        f"| Cu crystal: bulk modulus B, Equiformer / EAM (GPa) | {both('eos', 'B_GPa', '.0f')} |",
+        f"| Cu crystal: E0 per atom, Equiformer / EAM (eV) | {both('eos', 'E0_eV_per_atom', '.4f')} |",
+        f"| Cu crystal: NVE {ml['nve']['steps']} x 1 fs from 300 K: E_tot max deviation, Equiformer / EAM "
+        f"(meV/atom) | {both('nve', 'etot_max_deviation_meV_per_atom', '.4f')} |",
+        f"| Cu crystal: NVE E_tot drift, Equiformer / EAM (meV/atom/ps) | "
+        f"{both('nve', 'etot_drift_meV_per_atom_per_ps', '.3f')} |",
+    ]
+
+
 def summary_table(s: Dict[str, object]) -> str:
-    cu, asp = s["lammps_cu"], s["openmm_aspirin"]
+    cu, asp, xt = s["lammps_cu"], s["openmm_aspirin"], s["crystal_cu"]
     lines = [
         "| | value |", "|---|---|",
         f"| Cu: atoms / steps / MPI ranks | {cu['atoms']} / {cu['steps']} / {cu['mpi_ranks']} |",
@@ -482,6 +746,7 @@ def summary_table(s: Dict[str, object]) -> str:
         f"| Cu: g(r) first peak, Equiformer / EAM (A) | {cu['rdf_first_peak_A']['equiformer']:.2f} / "
         f"{cu['rdf_first_peak_A']['eam']:.2f} |",
         f"| Cu: wall time Equiformer / EAM MD (s) | {cu['wall_s_equiformer']:.1f} / {cu['wall_s_eam']:.1f} |",
+        *crystal_rows(xt),
         f"| aspirin: steps / <T> (K) | {asp['steps']} / {asp['mean_temperature_K']:.0f} |",
         f"| aspirin: ms per step (OpenMM Reference + TorchForce) | {asp['ms_per_step']:.1f} |",
         f"| aspirin: molecule intact (max bond stretch) | {asp['intact']} (x{asp['max_bond_stretch_ratio']:.2f}) |",
@@ -530,10 +795,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             meta = export(ck, dest)
             log(f"exported {ck} -> {dest.name} ({meta.get('dtype', 'float32')}, species {meta.get('species_symbols')})")
+        # minimisation runs in float64, as tight relaxations should (see crystal_part)
+        cu_model64 = out / "cu_model.float64.pt"
+        shipped64 = cu_ckpt.parent / "model.float64.pt"
+        if args.quick and not args.cu_checkpoint and shipped64.is_file():
+            shutil.copyfile(shipped64, cu_model64)
+            log(f"copied {shipped64} -> {cu_model64.name} (--quick: shipped export, not re-exported)")
+        else:
+            export(cu_ckpt, cu_model64, dtype="float64")
+            log(f"exported {cu_ckpt} -> {cu_model64.name} (float64, for the crystal minimisation)")
         every = max(1, steps // 20) if not args.quick else 5
         summary = {"quick": args.quick, "steps": steps}
         summary["lammps_cu"] = lammps_part(out, cu_model, 3 if args.quick else 4, steps, every, 800.0,
                                            args.nprocs, log)
+        summary["crystal_cu"] = crystal_part(out, cu_model, cu_model64, args.quick, log)
         summary["openmm_aspirin"] = openmm_part(out, asp_model, steps, every, 500.0, log,
                                                  xtb=not args.quick)
         summary["wall_s"] = round(time.time() - t0, 1)

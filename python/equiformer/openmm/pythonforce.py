@@ -61,8 +61,10 @@ class EquiformerComputation:
             heights = box_heights(box)
             if heights.min() < s.cutoff:
                 raise RuntimeError(
-                    f"equiformer: periodic box too small for the model: width {heights.min() / s.nm_to_model:.6g} nm "
-                    f"< cutoff {s.cutoff_nm:.6g} nm"
+                    f"equiformer: periodic box too small for the model: a width of the box is "
+                    f"{heights.min() / s.nm_to_model:.6g} nm, smaller than the model cutoff {s.cutoff_nm:.6g} nm; every "
+                    "width of the box must be >= the cutoff (set the System's or Context's periodic box vectors, or "
+                    "use more replicas)"
                 )
         else:
             box = np.zeros((3, 3))

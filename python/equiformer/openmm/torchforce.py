@@ -29,6 +29,12 @@ from equiformer.openmm.neighbors import box_widths, cell_list_edges, open_edges
 OPENMM_META_KEY = "equiformer_openmm"
 
 
+def fixed(x: float) -> str:
+    """x with five decimals (TorchScript's str() of a float prints 17 digits)."""
+    n = int(round(abs(x) * 100000.0))
+    return ("-" if x < 0 else "") + str(n // 100000) + "." + str(100000 + n % 100000)[1:]
+
+
 class EquiformerOpenMMModule(torch.nn.Module):
     """positions (nm) [+ box (nm)] -> (energy kJ/mol, forces kJ/mol/nm), for openmm-torch."""
 
@@ -74,8 +80,8 @@ class EquiformerOpenMMModule(torch.nn.Module):
                 width = float(box_widths(b).min().item())
                 if not width >= self.cutoff:
                     raise RuntimeError("equiformer: periodic box too small for the model: a width of the box is "
-                                       + str(width / self.nm_to_model) + " nm, smaller than the model cutoff "
-                                       + str(self.cutoff / self.nm_to_model) + " nm; every width of the box must "
+                                       + fixed(width / self.nm_to_model) + " nm, smaller than the model cutoff "
+                                       + fixed(self.cutoff / self.nm_to_model) + " nm; every width of the box must "
                                        "be >= the cutoff (set the System's or Context's periodic box vectors, or "
                                        "use more replicas)")
                 edge_index, edge_vectors = cell_list_edges(pos, b, self.cutoff)
@@ -85,9 +91,10 @@ class EquiformerOpenMMModule(torch.nn.Module):
                 closest = float(torch.linalg.vector_norm(edge_vectors, dim=1).min().item())
                 if closest < self.min_distance:
                     self.warned_close = True  # once per Context (a mutated attribute survives freezing)
-                    warnings.warn("equiformer: two atoms are " + str(closest / self.nm_to_model) + " nm apart, "
-                                  "closer than the " + str(self.min_distance / self.nm_to_model) + " nm the model "
-                                  "is meant for: it has no repulsion there and its energy is not physical")
+                    warnings.warn("equiformer: two atoms are " + fixed(closest / self.nm_to_model)
+                                  + " nm apart, closer than the " + fixed(self.min_distance / self.nm_to_model)
+                                  + " nm the model is meant for: it has no repulsion there and its energy is not "
+                                  "physical; reported once")
             edge_vectors = edge_vectors.to(self.model_dtype)
         out = self.model(self.species, edge_index, edge_vectors, self.num_ml)
         with torch.no_grad():

@@ -129,3 +129,40 @@ def test_bad_input_errors():
         neighbor_list(pos, 3.0, flat, [True, True, False])
     with pytest.raises(ValueError, match="cutoff"):
         neighbor_list(pos, -1.0, cell, True)
+
+
+# ------------------------------------------------------------------ far-apart groups
+# vesin 0.6.2 dies with SIGFPE (killing Python) on open boundaries spanning ~1e5 cutoffs:
+# these used to crash the process, now they give the same pairs as the brute force.
+
+
+@pytest.mark.parametrize("distance", [1e3, 1e6, 1e9])
+def test_far_apart_groups_open(distance):
+    pos = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [distance, 0.0, 0.0], [distance + 2.0, 1.0, 0.0],
+                    [0.0, distance, distance]])
+    assert ours(pos, 4.5, np.zeros((3, 3)), [False] * 3) == brute_force(pos, 4.5, np.zeros((3, 3)), [False] * 3)
+
+
+def test_far_apart_groups_mixed_periodicity():
+    """A slab periodic in x and y with a group 1e6 A away along z (and a tilted cell, so the
+    gaps close along the normal of the periodic plane, not along z)."""
+    cell = np.array([[6.0, 0.0, 0.0], [1.5, 6.0, 0.0], [0.0, 0.0, 0.0]])
+    pos = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 0.5], [3.0, 2.0, 1e6], [3.5, 2.0, 1e6 + 1.0]])
+    pbc = [True, True, False]
+    assert ours(pos, 4.5, cell, pbc) == brute_force(pos, 4.5, cell, pbc)
+
+
+def test_gas_wider_than_a_cell_list():
+    """Thousands of isolated atoms in a row still span more than MAX_SEARCH_EXTENT cutoffs
+    after the gaps close: the k-d tree takes over; pairs closer than the cutoff are found
+    and pairs at exactly the cutoff are not (as in the cell list)."""
+    from equiformer.data.neighbors import MAX_SEARCH_EXTENT
+
+    n = int(MAX_SEARCH_EXTENT) // 2 + 100
+    pos = np.zeros((n, 3))
+    pos[:, 0] = np.arange(n) * 100.0
+    pos[1] = pos[0] + [1.0, 0.0, 0.0]
+    pos[3] = pos[2] + [0.0, 4.5, 0.0]  # exactly the cutoff: excluded
+    edge_index, shifts, _ = neighbor_list(pos, 4.5)
+    assert sorted(map(tuple, edge_index.T.tolist())) == [(0, 1), (1, 0)]
+    assert not shifts.any()

@@ -57,6 +57,19 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     assert torch.load(tmp_path / "a.pt", weights_only=True)["x"].tolist() == [1.0, 1.0]
 
 
+def test_checkpoint_gets_the_modes_of_a_new_file(tmp_path):
+    """best.pt / last.pt used to be private (0600, from mkstemp); they follow the umask."""
+    old = os.umask(0o022)
+    try:
+        save_checkpoint({"format": FORMAT, "x": torch.zeros(2)}, tmp_path / "a.pt")
+        os.umask(0o077)
+        save_checkpoint({"format": FORMAT, "x": torch.zeros(2)}, tmp_path / "b.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o600
+
+
 def test_load_errors(tmp_path):
     model, _ = _model_and_batch()
     ck = build_checkpoint(model, model.state_dict(), {"atom_ref": [0.0], "scale": 1.0})

@@ -40,6 +40,8 @@ def test_user_overrides_preset():
     ({"optim": {"scheduler": "step"}}, r"optim.scheduler must be one of cosine, plateau, constant; got 'step'"),
     ({"run": {"dtype": "float16"}}, r"run.dtype must be one of float32, float64"),
     ({"optim": {"lr": -1.0}}, r"optim.lr must be >= 0"),
+    ({"optim": {"lr": float("nan")}}, r"optim.lr must be a finite number, got nan"),
+    ({"loss": {"forces_weight": float("inf")}}, r"loss.forces_weight must be a finite number"),
     ({"preset": "huge"}, r"preset must be one of small, md17-l2, md17-l3"),
     ({"optim": {"ema_decay": 1.0}}, r"ema_decay must be in \[0, 1\)"),
     ({"model": {"species": ["H", "Xx"]}}, r"unknown chemical symbols \['Xx'\]"),

@@ -99,6 +99,14 @@ def test_missing_target_error(tmp_path):
     cfg = resolve_config(tiny_config(path, tmp_path / "out"))
     with pytest.raises(ValueError, match=r"energy key 'energy' not found \(.*nolabels.xyz, frame 0\)"):
         train(cfg, log=lambda *a: None)
+    assert not (tmp_path / "out").exists()  # a failed start leaves no empty run folder
+
+
+def test_bad_model_hyperparameters_leave_no_run_folder(cu_xyz, tmp_path):
+    cfg = resolve_config(tiny_config(cu_xyz, tmp_path / "out", model={"attention_cutoff": "hard"}))
+    with pytest.raises(ValueError, match="attention_cutoff"):
+        train(cfg, log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_train_and_eval(cu_xyz, tmp_path, capsys):
