@@ -635,16 +635,11 @@ def test_cli_keeps_an_existing_output_unless_overwrite(files, tmp_path, capsys):
     out.write_bytes(b"previous model")
     err = _cli_error(capsys, [files["ckpt"], str(out)])
     assert "exists; pass --overwrite" in err and out.read_bytes() == b"previous model"
-    assert export_main([files["ckpt"], str(out), "--overwrite"]) == 0
-    assert read_metadata(str(out))["species_symbols"] == "H C O"
-
-
-def test_cli_min_distance(files, tmp_path, capsys):
-    out = str(tmp_path / "m.pt")
-    assert export_main([files["ckpt"], out, "--min-distance", "0.8"]) == 0
-    assert float(read_metadata(out)["min_distance"]) == 0.8
-    err = _cli_error(capsys, [files["ckpt"], str(tmp_path / "n.pt"), "--min-distance", "-1"])
-    assert "min_distance" in err
+    assert "min_distance" in _cli_error(capsys, [files["ckpt"], str(out), "--overwrite", "--min-distance", "-1"])
+    assert out.read_bytes() == b"previous model"
+    assert export_main([files["ckpt"], str(out), "--overwrite", "--min-distance", "0.8"]) == 0
+    meta = read_metadata(str(out))
+    assert meta["species_symbols"] == "H C O" and float(meta["min_distance"]) == 0.8
 
 
 def test_corrupted_model_is_refused_by_every_python_loader(files, tmp_path):

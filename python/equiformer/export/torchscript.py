@@ -62,8 +62,6 @@ def metadata_of(model: Equiformer, dtype: torch.dtype, device: str,
     hp = model.hparams
     if min_distance is None:
         min_distance = DEFAULT_MIN_DISTANCE_ANGSTROM
-    if not min_distance >= 0.0:
-        raise ValueError(f"min_distance must be a distance >= 0 (Angstrom), got {min_distance}")
     return {
         "min_distance": repr(min_distance * length_factor("Angstrom", hp["length_unit"])),
         "package_version": __version__,
@@ -138,6 +136,8 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
         raise ValueError(f"unsupported dtype {dtype!r}; choose float32 or float64")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"unsupported device {device!r}; choose cpu or cuda")
+    if min_distance is not None and not min_distance >= 0.0:
+        raise ValueError(f"min_distance must be a distance >= 0 (Angstrom), got {min_distance}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device on this machine; use --device cpu")
     torch_dtype = DTYPES[dtype]
