@@ -71,7 +71,7 @@ else:
     model = build_model({"preset": cfg["preset"], "species": species_symbols, "cutoff": cutoff}, dtype=dtype).eval()
     model.use_edge_frames(cfg["mode"] != "reference")
     if cfg["mode"] == "export":  # a separate process, so that the timed one's peak memory is its own
-        export_model(model, os.path.join(cfg["tmp"], "model.pt"), cfg["dtype"], layerwise_edges=cfg["layerwise"])
+        export_model(model, os.path.join(cfg["tmp"], "model.pt"), cfg["dtype"], chunked_edges=cfg["chunked"])
         sys.exit(0)
     if cfg["mode"] == "exported":
         from equiformer.export.contract import load_engine_model
@@ -79,11 +79,11 @@ else:
     else:  # eager (and the eager reference SO(3) path) with the exported model's route choice
         for p in model.parameters():
             p.requires_grad_(False)
-        layerwise = cfg["layerwise"]
-        if layerwise is None:
-            layerwise = int(SINGLE_PASS_MEMORY / graph_bytes_per_edge(model, dtype, "cpu"))
-        engine = EquiformerEngineModel(model, layerwise)
-    route = "chunked" if 0 <= engine.layerwise_edges < ei.shape[1] else "one pass"
+        chunked = cfg["chunked"]
+        if chunked is None:
+            chunked = int(SINGLE_PASS_MEMORY / graph_bytes_per_edge(model, dtype, "cpu"))
+        engine = EquiformerEngineModel(model, chunked)
+    route = "chunked" if 0 <= engine.chunked_edges < ei.shape[1] else "one pass"
     def call():
         out = engine(species, edge_index, vec, n)
         return out["forces"]
@@ -145,7 +145,7 @@ def main(argv=None):
     p.add_argument("--malloc-reuse", action="store_true",
                    help=f"set GLIBC_TUNABLES={MALLOC_REUSE} for every code alike (faster on big graphs, but freed "
                         "memory is not returned: higher peak memory)")
-    p.add_argument("--layerwise-above", type=int, metavar="EDGES",
+    p.add_argument("--chunked-above", "--layerwise-above", type=int, metavar="EDGES", dest="chunked_above",
                    help="route threshold of our model (as equiformer-export; default: its memory-based choice)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--json", help="write all rows to this file")
@@ -170,7 +170,7 @@ def main(argv=None):
                             cfg = {"preset": preset, "system": system, "size": size, "dtype": dtype, "threads": threads,
                                    "mode": mode, "cutoff": args.cutoff, "seconds": args.seconds,
                                    "min_repeats": args.min_repeats, "official": args.official, "warmup": args.warmup,
-                                   "malloc_reuse": args.malloc_reuse, "layerwise": args.layerwise_above, "repo": os.path.dirname(HERE),
+                                   "malloc_reuse": args.malloc_reuse, "chunked": args.chunked_above, "repo": os.path.dirname(HERE),
                                    "standins": os.path.join(HERE, "official_standins")}
                             r = run(cfg, args.timeout)
                             row = dict(cfg, **r)

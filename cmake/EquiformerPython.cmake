@@ -19,3 +19,16 @@ endif()
 get_filename_component(EQUIFORMER_VENV ${EQUIFORMER_PYTHON} DIRECTORY)
 get_filename_component(EQUIFORMER_VENV ${EQUIFORMER_VENV} DIRECTORY)
 message(STATUS "equiformer: python ${EQUIFORMER_PYTHON} (site-packages ${EQUIFORMER_SITE_PACKAGES})")
+
+# equiformer_python_lines(<out> <code>): the lines CODE prints when EQUIFORMER_PYTHON runs it,
+# as a CMake list; empty when it fails (e.g. a module that is not installed)
+function(equiformer_python_lines out code)
+  execute_process(COMMAND ${EQUIFORMER_PYTHON} -c "${code}" OUTPUT_VARIABLE _lines RESULT_VARIABLE _rc
+                  ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(_rc EQUAL 0)
+    string(REPLACE "\n" ";" _lines "${_lines}")
+  else()
+    set(_lines "")
+  endif()
+  set(${out} "${_lines}" PARENT_SCOPE)
+endfunction()

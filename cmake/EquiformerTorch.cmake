@@ -1,17 +1,18 @@
 # libtorch from the torch wheel, without find_package(Torch): the CUDA wheel's TorchConfig
 # needs the CUDA toolkit even to build CPU code. We link the wheel's libraries directly;
 # whether CUDA is used is decided at run time (torch::cuda::is_available()).
-execute_process(
-  COMMAND ${EQUIFORMER_PYTHON} -c "import os, torch; print(os.path.dirname(torch.__file__)); print(int(torch._C._GLIBCXX_USE_CXX11_ABI)); print(torch.__version__)"
-  OUTPUT_VARIABLE _out RESULT_VARIABLE _rc OUTPUT_STRIP_TRAILING_WHITESPACE)
-if(NOT _rc EQUAL 0)
-  message(FATAL_ERROR "torch is not importable with ${EQUIFORMER_PYTHON}")
+equiformer_python_lines(_out "import os, torch; print(os.path.dirname(torch.__file__)); print(int(torch._C._GLIBCXX_USE_CXX11_ABI)); print(torch.__version__)")
+if(NOT _out)
+  message(FATAL_ERROR "torch is not importable with ${EQUIFORMER_PYTHON}. The C++ build compiles "
+    "against the torch of the Python environment it installs into: install torch there, and with "
+    "pip build without isolation (pip install --no-build-isolation .; an isolated build environment has no torch)")
 endif()
-string(REPLACE "\n" ";" _out "${_out}")
 list(GET _out 0 TORCH_ROOT)
 list(GET _out 1 TORCH_CXX11_ABI)
 list(GET _out 2 TORCH_VERSION_STRING)
 set(TORCH_LIB_DIR ${TORCH_ROOT}/lib)
+# another torch (an upgrade) re-runs this configuration: its version is compiled into the plugins
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${TORCH_ROOT}/version.py)
 message(STATUS "equiformer: torch ${TORCH_VERSION_STRING} at ${TORCH_ROOT} (cxx11 abi ${TORCH_CXX11_ABI})")
 
 option(EQUIFORMER_WITH_CUDA "link libtorch_cuda when the wheel has it (needs no CUDA toolkit)" ON)

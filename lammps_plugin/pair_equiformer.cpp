@@ -28,11 +28,11 @@ const char *mode_name(int mode)
 {
   switch (mode) {
     case PairEquiformer::MODE_MAP:
-      return "map (one rank: ghost atoms mapped onto their owners, ghost cutoff = model cutoff)";
+      return "map (one rank: ghost atoms mapped onto their owners, ghost cutoff = cutoff + skin)";
     case PairEquiformer::MODE_GHOST:
-      return "ghost (ghost atoms are graph nodes, ghost cutoff = num_layers x cutoff)";
+      return "ghost (ghost atoms are graph nodes, ghost cutoff = interaction range + skin)";
     case PairEquiformer::MODE_LAYER:
-      return "layer (node features exchanged after every layer, ghost cutoff = cutoff)";
+      return "layer (node features exchanged after every layer, ghost cutoff = cutoff + skin)";
     default:
       return "auto";
   }
@@ -293,7 +293,7 @@ void PairEquiformer::init_style()
     error->all(FLERR, "pair_style equiformer mode map works on one MPI rank only ({} ranks); use "
                "mode layer, mode ghost or mode auto", comm->nprocs);
   if (mode == MODE_LAYER && !model->has_layer_methods())
-    error->all(FLERR, "pair_style equiformer mode layer needs a model that exports embed / block / readout; "
+    error->all(FLERR, "pair_style equiformer mode layer needs a model that exports the per-layer methods; "
                "{} does not (re-export it with equiformer-export), use mode ghost or mode auto", model_file);
 
   // layer mode: the node features cross subdomains once per layer, max_width doubles per atom
@@ -315,8 +315,8 @@ void PairEquiformer::init_style()
   // pair style folds ghost forces (ghost and layer modes) and features (layer mode) itself
   comm_reverse_off = (mode == MODE_MAP) ? 0 : comm_reverse;
 
-  // ghost mode: every atom within num_layers x cutoff of a local atom must be a ghost, for
-  // the whole life of a neighbor list (+ skin); raise the ghost cutoff when it is shorter
+  // ghost mode: every atom within the interaction range (range_lmp) of a local atom must be a
+  // ghost, for the whole life of a neighbor list (+ skin); raise the ghost cutoff when it is shorter
   if (mode == MODE_GHOST) {
     if (comm->mode != Comm::SINGLE)
       error->all(FLERR, "pair equiformer mode ghost needs comm_modify mode single (a single ghost cutoff)");

@@ -75,7 +75,8 @@ class PairEquiformer : public Pair {
   std::vector<std::string> type2symbol;
 
   double cutoff_lmp;       // model cutoff in LAMMPS length units
-  double range_lmp;        // model interaction range in LAMMPS length units
+  double range_lmp;        // receptive field in LAMMPS length units: the metadata interaction_range,
+                           // widened for models with layer methods (init_style)
   double length_to_model;  // LAMMPS length -> model length
   double energy_to_lmp;    // model energy -> LAMMPS energy
   double offset_lmp;       // energy_offset in LAMMPS energy units

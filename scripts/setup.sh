@@ -20,7 +20,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing pinned dependencies (first run downloads about 4 GB)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.txt
-  .venv/bin/python -m pip install --quiet --no-deps -e .
+  # editable and pure Python (pyproject.toml: no CMake for editable installs): the C++ part is
+  # built below into build/, incrementally; scikit-build-core comes from requirements.txt
+  rm -rf python/equiformer.egg-info  # left by the former setuptools backend (a second, stale distribution)
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
   echo "$want" >"$stamp"
 fi
 if [ -f CMakeLists.txt ]; then

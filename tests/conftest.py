@@ -1,7 +1,13 @@
 """Settings shared by the whole suite."""
 
+import os
+import sys
+
 import pytest
 import torch
+
+# the shared helpers beside this file (analytic models, model variants, damaged files)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)

@@ -164,9 +164,29 @@ struct Model::Impl {
   std::vector<int> numbers;
   std::string length_unit, energy_unit, dtype_name;
   bool layer_methods = false;
+  // per-layer protocol: `features` (edge_features / layer / layer_by_chunks / layer_vjp /
+  // edge_features_vjp, current exports) or `vectors` (embed / block / readout on edge vectors)
+  bool feature_layers = false;
   uint64_t fingerprint = 0;
-  int64_t layerwise_edges = -1;  // the model's threshold for recomputing layers (-1: never)
+  int64_t chunked_edges = -1;  // the model's threshold for its chunked schedule (-1: never)
   mutable std::vector<int64_t> feature_sizes;  // layer_feature_sizes(), found on first use
+
+  // one per-layer evaluation (compute_layered): atom energies [N] and dE/d(edge vector) [E, 3]
+  struct Layered {
+    torch::Tensor atom_energies, edge_gradient;
+  };
+  Layered layered_by_features(const torch::Tensor &species, const torch::Tensor &index, const torch::Tensor &vec,
+                              int64_t n_local, const std::vector<int64_t> &width, LayerExchange &exchange,
+                              bool chunked) const;
+  Layered layered_by_vectors(const torch::Tensor &species, const torch::Tensor &index, const torch::Tensor &vec,
+                             int64_t n_local, const std::vector<int64_t> &width, LayerExchange &exchange,
+                             bool chunked) const;
+  // layer s's output with its ghost rows replaced by their owners' (a new leaf), and back:
+  // the gradient with respect to layer s's output from that with respect to the exchanged copy
+  torch::Tensor exchange_forward(const torch::Tensor &y, int s, const std::vector<int64_t> &width,
+                                 LayerExchange &exchange) const;
+  torch::Tensor exchange_reverse(const torch::Tensor &g, const torch::Tensor &y, int s,
+                                 const std::vector<int64_t> &width, LayerExchange &exchange) const;
 
   // the model's inputs on its device: species [N], edge_index [2, E] (row 0 source), edge
   // vectors [E, 3] in the model dtype
@@ -236,12 +256,17 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
   if (!(m.cutoff > 0.0)) throw Error("'" + path + "': metadata cutoff must be positive");
   m.num_layers = m.meta["num_layers"].empty() ? 1 : static_cast<int>(parse_int(path, "num_layers", m.meta["num_layers"]));
   if (m.num_layers < 1) throw Error("'" + path + "': metadata num_layers must be at least 1");
+  // a file without interaction_range: assume the widest Equiformer receptive field (the
+  // embedding, every block and an attention head each look one cutoff further)
   m.interaction_range = m.meta["interaction_range"].empty()
-                            ? m.cutoff * m.num_layers
+                            ? m.cutoff * (m.num_layers + 2)
                             : parse_double(path, "interaction_range", m.meta["interaction_range"]);
   m.energy_offset = m.meta["energy_offset"].empty() ? 0.0 : parse_double(path, "energy_offset", m.meta["energy_offset"]);
-  if (m.module.hasattr("layerwise_edges") && m.module.attr("layerwise_edges").isInt())
-    m.layerwise_edges = m.module.attr("layerwise_edges").toInt();
+  for (const char *name : {"chunked_edges", "layerwise_edges"})  // the second: files exported before
+    if (m.module.hasattr(name) && m.module.attr(name).isInt()) {
+      m.chunked_edges = m.module.attr(name).toInt();
+      break;
+    }
   m.symbols = split(m.meta["species_symbols"]);
   for (const auto &z : split(m.meta["atomic_numbers"]))
     m.numbers.push_back(static_cast<int>(parse_int(path, "atomic_numbers", z)));
@@ -262,8 +287,10 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
     throw Error("'" + path + "' has dtype '" + m.dtype_name + "', this runtime supports float32 and float64");
 
   m.module.eval();
-  m.layer_methods = m.module.find_method("embed").has_value() && m.module.find_method("block").has_value() &&
-                    m.module.find_method("readout").has_value();
+  auto has = [&](const char *method) { return m.module.find_method(method).has_value(); };
+  m.feature_layers = has("edge_features") && has("layer") && has("layer_by_chunks") && has("layer_vjp") &&
+                     has("edge_features_vjp");
+  m.layer_methods = m.feature_layers || (has("embed") && has("block") && has("readout"));
 }
 
 Model::~Model() = default;
@@ -316,7 +343,7 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
   const Impl &m = *impl_;
   if (!m.feature_sizes.empty()) return m.feature_sizes;
   if (!m.layer_methods)
-    throw Error("'" + m.path + "' does not export the layer methods embed / block / readout needed for per-layer "
+    throw Error("'" + m.path + "' does not export the per-layer methods (docs/model-format.md) needed for per-layer "
                 "exchange; re-export it with this package's equiformer-export (or use another mode)");
   try {
     // two atoms of the first species, half a cutoff apart
@@ -329,11 +356,20 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
                             .view({2, 3})
                             .to(m.device, m.dtype);
     std::vector<int64_t> sizes;
-    torch::Tensor x = m.module.get_method("embed")({species, index, vec}).toTensor();
-    sizes.push_back(x.numel() / 2);
-    for (int k = 0; k < m.num_layers; ++k) {
-      x = m.module.get_method("block")({static_cast<int64_t>(k), x, index, vec}).toTensor();
+    if (m.feature_layers) {
+      torch::IValue features = m.module.get_method("edge_features")({vec});
+      torch::Tensor x = torch::zeros({0}, vec.options());
+      for (int64_t s = 0; s <= m.num_layers; ++s) {
+        x = m.module.get_method("layer")({s, species, x, index, features}).toTensor();
+        sizes.push_back(x.numel() / 2);
+      }
+    } else {
+      torch::Tensor x = m.module.get_method("embed")({species, index, vec}).toTensor();
       sizes.push_back(x.numel() / 2);
+      for (int k = 0; k < m.num_layers; ++k) {
+        x = m.module.get_method("block")({static_cast<int64_t>(k), x, index, vec}).toTensor();
+        sizes.push_back(x.numel() / 2);
+      }
     }
     m.feature_sizes = sizes;
   } catch (const Error &) {
@@ -372,6 +408,188 @@ static void check_inputs(const char *what, int64_t nspecies, int64_t n_atoms, co
                   std::to_string(n_atoms - 1));
 }
 
+torch::Tensor Model::Impl::exchange_forward(const torch::Tensor &y, int s, const std::vector<int64_t> &width,
+                                          LayerExchange &exchange) const
+{
+  const int64_t n = y.dim() > 0 ? y.size(0) : 0;
+  if (y.numel() != n * width[s])
+    throw Error("the model's layer " + std::to_string(s) + " returned " + std::to_string(y.numel()) +
+                " values for " + std::to_string(n) + " atoms, expected " + std::to_string(width[s]) +
+                " per atom (as on the probe)");
+  // always a copy: y may be saved by its own autograd graph
+  torch::Tensor h = y.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous();
+  exchange.forward(h.data_ptr<double>(), n, width[s]);
+  return h.to(device, y.scalar_type()).requires_grad_(true);
+}
+
+torch::Tensor Model::Impl::exchange_reverse(const torch::Tensor &g, const torch::Tensor &y, int s,
+                                          const std::vector<int64_t> &width, LayerExchange &exchange) const
+{
+  const int64_t n = y.size(0);
+  torch::Tensor h = g.defined() ? g.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous()
+                                : torch::zeros({n * width[s]}, torch::TensorOptions().dtype(torch::kFloat64));
+  exchange.reverse(h.data_ptr<double>(), n, width[s]);
+  return h.to(device, y.scalar_type()).reshape(y.sizes());
+}
+
+// Current exports: edge features once; layer s = 0 (embedding), 1..L (blocks), L + 1
+// (readout) on them. Small graphs keep each layer's graph and differentiate it with respect
+// to its input and the features; large graphs run the layers by chunks without a graph and
+// take the model's chunked vector-Jacobian products (layer_vjp, edge_features_vjp).
+Model::Impl::Layered Model::Impl::layered_by_features(const torch::Tensor &species, const torch::Tensor &index,
+                                                      const torch::Tensor &vec, int64_t n_local,
+                                                      const std::vector<int64_t> &width, LayerExchange &exchange,
+                                                      bool chunked) const
+{
+  const int L = num_layers;
+  torch::jit::Method layer = module.get_method(chunked ? "layer_by_chunks" : "layer");
+  torch::jit::Method vjp = module.get_method("layer_vjp");
+  // grad mode on: the chunked vector-Jacobian products differentiate inside the model
+  torch::AutoGradMode grad_on(true);
+  torch::Tensor vec_leaf = vec.detach().requires_grad_(!chunked);
+  std::vector<torch::Tensor> features = module.get_method("edge_features")({vec_leaf}).toTensorVector();
+  std::vector<torch::Tensor> leaves;
+  for (const auto &f : features) leaves.push_back(chunked ? f : f.detach().requires_grad_(true));
+  const c10::List<torch::Tensor> leaf_list(leaves);
+  const torch::Tensor none = torch::zeros({0}, vec.options());
+
+  // forward: y[s] = layer s, x[s] = y[s] after the exchange (the input of layer s + 1)
+  std::vector<torch::Tensor> y(L + 1), x(L + 1);
+  for (int s = 0; s <= L; ++s) {
+    y[s] = layer({static_cast<int64_t>(s), species, s > 0 ? x[s - 1] : none, index, leaf_list}).toTensor();
+    x[s] = exchange_forward(y[s], s, width, exchange);
+  }
+  torch::Tensor e_atoms = layer({static_cast<int64_t>(L + 1), species, x[L], index, leaf_list}).toTensor();
+  if (e_atoms.numel() != species.size(0)) throw Error("the model's readout returned outputs of an unexpected shape");
+
+  // backward: d(local energy)/d(input of layer s), the features' gradients summed on the way
+  std::vector<torch::Tensor> grad_features;
+  for (const auto &f : features) grad_features.push_back(torch::zeros_like(f));
+  auto backward = [&](int s, const torch::Tensor &out, const torch::Tensor &grad_out) -> torch::Tensor {
+    const torch::Tensor &input = s > 0 ? x[s - 1] : none;
+    if (chunked) {
+      std::vector<torch::Tensor> r =
+          vjp({static_cast<int64_t>(s), species, input.detach(), grad_out, index, leaf_list}).toTensorVector();
+      for (size_t i = 0; i < grad_features.size(); ++i) grad_features[i].add_(r[i + 1]);
+      return r[0];
+    }
+    std::vector<torch::Tensor> wrt;
+    if (s > 0) wrt.push_back(input);
+    wrt.insert(wrt.end(), leaves.begin(), leaves.end());
+    std::vector<torch::Tensor> g = torch::autograd::grad({out}, wrt, {grad_out}, /*retain_graph=*/false,
+                                                         /*create_graph=*/false, /*allow_unused=*/true);
+    const size_t first = s > 0 ? 1 : 0;
+    for (size_t i = 0; i < grad_features.size(); ++i)
+      if (g[first + i].defined()) grad_features[i].add_(g[first + i]);
+    return s > 0 ? g[0] : torch::Tensor();
+  };
+  torch::Tensor seed = torch::zeros_like(e_atoms);
+  seed.slice(0, 0, n_local).fill_(1.0);
+  torch::Tensor g = backward(L + 1, e_atoms, seed);
+  for (int s = L; s >= 0; --s) {
+    g = backward(s, y[s], exchange_reverse(g, y[s], s, width, exchange));
+    y[s] = torch::Tensor();  // this layer's graph is no longer needed
+  }
+
+  // the features' gradient, taken to the edge vectors once
+  torch::Tensor gvec;
+  if (chunked) {
+    gvec = module.get_method("edge_features_vjp")({vec, c10::List<torch::Tensor>(grad_features)}).toTensor();
+  } else {
+    std::vector<torch::Tensor> outs, seeds;
+    for (size_t i = 0; i < features.size(); ++i)
+      if (features[i].requires_grad()) {
+        outs.push_back(features[i]);
+        seeds.push_back(grad_features[i]);
+      }
+    gvec = outs.empty() ? torch::zeros_like(vec)
+                        : torch::autograd::grad(outs, {vec_leaf}, seeds, false, false, true)[0];
+    if (!gvec.defined()) gvec = torch::zeros_like(vec);
+  }
+  return {e_atoms.detach(), gvec};
+}
+
+// Files exported before the feature protocol, and simple models (tests): embed / block /
+// readout on the edge vectors, each differentiated with respect to its input and the edge
+// vectors; large graphs recompute each layer whole just before its backward pass.
+Model::Impl::Layered Model::Impl::layered_by_vectors(const torch::Tensor &species, const torch::Tensor &index,
+                                                     const torch::Tensor &vec, int64_t n_local,
+                                                     const std::vector<int64_t> &width, LayerExchange &exchange,
+                                                     bool chunked) const
+{
+  const int L = num_layers;
+  torch::jit::Method embed = module.get_method("embed");
+  torch::jit::Method block = module.get_method("block");
+  torch::AutoGradMode grad_on(true);
+  torch::Tensor t_vec = vec.detach().requires_grad_(true);
+  std::vector<torch::Tensor> y(L + 1), x(L + 1);
+  auto layer_call = [&](int s) {
+    if (s == 0) return embed({species, index, t_vec}).toTensor();
+    return block({static_cast<int64_t>(s - 1), x[s - 1], index, t_vec}).toTensor();
+  };
+  {
+    torch::AutoGradMode graphs(!chunked);
+    for (int s = 0; s <= L; ++s) {
+      y[s] = layer_call(s);
+      x[s] = exchange_forward(y[s], s, width, exchange);
+    }
+  }
+  torch::Tensor e_atoms = module.get_method("readout")({species, x[L], index, t_vec}).toTensor();
+  if (e_atoms.numel() != species.size(0)) throw Error("the model's readout returned outputs of an unexpected shape");
+  torch::Tensor energy = e_atoms.reshape({species.size(0)}).slice(0, 0, n_local).sum();
+
+  torch::Tensor gvec = torch::zeros_like(vec, torch::TensorOptions().dtype(torch::kFloat64));
+  auto backward = [&](const torch::Tensor &out_t, const torch::Tensor &grad_out, const torch::Tensor *input) {
+    if (!out_t.requires_grad()) return torch::Tensor();
+    std::vector<torch::Tensor> inputs;
+    if (input) inputs.push_back(*input);
+    inputs.push_back(t_vec);
+    std::vector<torch::Tensor> grad_outputs;
+    if (grad_out.defined()) grad_outputs.push_back(grad_out);
+    auto g = torch::autograd::grad({out_t}, inputs, grad_outputs, /*retain_graph=*/false,
+                                   /*create_graph=*/false, /*allow_unused=*/true);
+    if (g.back().defined()) gvec.add_(g.back().to(torch::kFloat64));
+    return input ? g.front() : torch::Tensor();
+  };
+  torch::Tensor g = backward(energy, torch::Tensor(), &x[L]);
+  for (int s = L; s >= 0; --s) {
+    torch::Tensor gy = exchange_reverse(g, y[s], s, width, exchange);
+    if (chunked) y[s] = layer_call(s);
+    g = backward(y[s], gy, s > 0 ? &x[s - 1] : nullptr);
+    y[s] = torch::Tensor();
+  }
+  return {e_atoms.detach(), gvec};
+}
+
+// Forces and virials from d energy / d edge vector, the C++ side's one definition (the
+// Python one, equiformer/forces.py, is inside every exported model's forward).
+// r_e = x_src - x_dst: d E / d x_src = g_e, d E / d x_dst = -g_e; F = -dE/dx;
+// virial -sum_e r_e (x) g_e, each edge term split half on its source, half on its centre.
+// OUT's forces and virials must be zero on entry.
+static void edge_gradient_to_forces(int64_t n_edges, const int64_t *src, const int64_t *dst,
+                                    const double *edge_vectors, const double *gvec, bool want_atom_virial,
+                                    Result &out)
+{
+  for (int64_t e = 0; e < n_edges; ++e) {
+    const double *ge = &gvec[3 * e];
+    const double *re = &edge_vectors[3 * e];
+    double *fs = &out.forces[3 * src[e]], *fd = &out.forces[3 * dst[e]];
+    for (int a = 0; a < 3; ++a) {
+      fs[a] -= ge[a];
+      fd[a] += ge[a];
+    }
+    for (int a = 0; a < 3; ++a)
+      for (int b = 0; b < 3; ++b) {
+        const double v = -re[a] * ge[b];
+        out.virial[3 * a + b] += v;
+        if (want_atom_virial) {
+          out.atom_virial[9 * src[e] + 3 * a + b] += 0.5 * v;
+          out.atom_virial[9 * dst[e] + 3 * a + b] += 0.5 * v;
+        }
+      }
+  }
+}
+
 void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
                             const int64_t *dst, const double *edge_vectors, int64_t n_local, bool want_atom_virial,
                             LayerExchange &exchange, Result &out) const
@@ -406,78 +624,16 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
   try {
     torch::Tensor t_species, t_index, t_vec;
     m.input_tensors(n_atoms, species, n_edges, src, dst, edge_vectors, t_species, t_index, t_vec);
-
-    torch::AutoGradMode grad_on(true);
-    t_vec.requires_grad_(true);
-    torch::jit::Method embed = m.module.get_method("embed");
-    torch::jit::Method block = m.module.get_method("block");
-    torch::jit::Method readout = m.module.get_method("readout");
-
-    // layer outputs y[s] (s = 0: embed, s = k+1: block k) and the inputs x[s] of the next
-    // call: y[s] with the non-local rows replaced by the owners' (a fresh autograd leaf)
-    std::vector<torch::Tensor> y(L + 1), x(L + 1);
-    auto check_width = [&](const torch::Tensor &t, int s) {
-      if (t.dim() < 1 || t.size(0) != n_atoms || t.numel() != n_atoms * width[s])
-        throw Error("the model's layer " + std::to_string(s) + " returned " + std::to_string(t.numel()) +
-                    " values for " + std::to_string(n_atoms) + " atoms, expected " + std::to_string(width[s]) +
-                    " per atom (as on the probe)");
-    };
-    auto exchange_forward = [&](const torch::Tensor &t, int s) {
-      check_width(t, s);
-      // always a copy: t may be saved by its own autograd graph
-      torch::Tensor h = t.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous();
-      exchange.forward(h.data_ptr<double>(), n_atoms, width[s]);
-      return h.to(m.device, t.scalar_type()).requires_grad_(true);
-    };
-    // y[s] of layer call s from its input (s = 0: embed, s = k+1: block k)
-    auto layer_call = [&](int s) {
-      if (s == 0) return embed({t_species, t_index, t_vec}).toTensor();
-      return block({static_cast<int64_t>(s - 1), x[s - 1], t_index, t_vec}).toTensor();
-    };
-    // large graphs (the model's own threshold, see docs/model-format.md): keep only the layer
-    // inputs, then recompute each layer's graph just before its backward pass
-    const bool recompute = m.layerwise_edges >= 0 && n_edges > m.layerwise_edges;
-    {
-      torch::AutoGradMode graphs(!recompute);
-      for (int s = 0; s <= L; ++s) {
-        y[s] = layer_call(s);
-        x[s] = exchange_forward(y[s], s);
-      }
-    }
-    torch::Tensor e_atoms = readout({t_species, x[L], t_index, t_vec}).toTensor();
-    if (e_atoms.numel() != n_atoms) throw Error("the model's readout returned outputs of an unexpected shape");
-    torch::Tensor energy = e_atoms.reshape({n_atoms}).slice(0, 0, n_local).sum();
-
-    // backward, layer by layer: d energy / d x[s] -> reverse exchange -> d energy / d y[s]
-    torch::Tensor gvec = torch::zeros({n_edges, 3}, torch::TensorOptions().dtype(torch::kFloat64).device(m.device));
-    auto backward = [&](const torch::Tensor &out_t, const torch::Tensor &grad_out, const torch::Tensor *input) {
-      if (!out_t.requires_grad()) return torch::Tensor();
-      std::vector<torch::Tensor> inputs;
-      if (input) inputs.push_back(*input);
-      inputs.push_back(t_vec);
-      std::vector<torch::Tensor> grad_outputs;
-      if (grad_out.defined()) grad_outputs.push_back(grad_out);
-      auto g = torch::autograd::grad({out_t}, inputs, grad_outputs, /*retain_graph=*/false,
-                                     /*create_graph=*/false, /*allow_unused=*/true);
-      if (g.back().defined()) gvec.add_(g.back().to(torch::kFloat64));
-      return input ? g.front() : torch::Tensor();
-    };
-    torch::Tensor g = backward(energy, torch::Tensor(), &x[L]);
-    for (int s = L; s >= 0; --s) {
-      torch::Tensor h = g.defined() ? g.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous()
-                                    : torch::zeros({n_atoms * width[s]}, torch::TensorOptions().dtype(torch::kFloat64));
-      exchange.reverse(h.data_ptr<double>(), n_atoms, width[s]);
-      torch::Tensor gy = h.to(m.device, y[s].scalar_type()).reshape(y[s].sizes());
-      if (recompute) y[s] = layer_call(s);
-      g = backward(y[s], gy, s > 0 ? &x[s - 1] : nullptr);
-      y[s] = torch::Tensor();  // this layer's graph is no longer needed
-    }
-
+    // large graphs (above the model's own threshold, docs/model-format.md): no layer keeps its
+    // graph; the backward recomputes each layer, by chunks where the model provides them
+    const bool chunked = m.chunked_edges >= 0 && n_edges > m.chunked_edges;
+    Model::Impl::Layered r = m.feature_layers ? m.layered_by_features(t_species, t_index, t_vec, n_local, width, exchange, chunked)
+                                 : m.layered_by_vectors(t_species, t_index, t_vec, n_local, width, exchange, chunked);
     torch::NoGradGuard no_grad;
-    out.energy = energy.detach().to(torch::kCPU, torch::kFloat64).item<double>();
-    torch::Tensor ae = e_atoms.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    torch::Tensor ae = r.atom_energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    out.energy = ae.slice(0, 0, n_local).sum().item<double>();
     std::copy(ae.data_ptr<double>(), ae.data_ptr<double>() + n_atoms, out.atom_energies.begin());
-    torch::Tensor gv = gvec.to(torch::kCPU).contiguous();
+    torch::Tensor gv = r.edge_gradient.detach().to(torch::kCPU, torch::kFloat64).contiguous();
     gvec_host.assign(gv.data_ptr<double>(), gv.data_ptr<double>() + 3 * n_edges);
   } catch (const Error &) {
     throw;
@@ -485,26 +641,7 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
     throw evaluation_error(m.path, m.device_name, e);
   }
 
-  // r_e = x_src - x_dst: d E / d x_src = g_e, d E / d x_dst = -g_e; F = -dE/dx;
-  // virial -sum_e r_e (x) g_e, each edge term split half on its source, half on its centre
-  for (int64_t e = 0; e < n_edges; ++e) {
-    const double *ge = &gvec_host[3 * e];
-    const double *re = &edge_vectors[3 * e];
-    double *fs = &out.forces[3 * src[e]], *fd = &out.forces[3 * dst[e]];
-    for (int a = 0; a < 3; ++a) {
-      fs[a] -= ge[a];
-      fd[a] += ge[a];
-    }
-    for (int a = 0; a < 3; ++a)
-      for (int b = 0; b < 3; ++b) {
-        const double v = -re[a] * ge[b];
-        out.virial[3 * a + b] += v;
-        if (want_atom_virial) {
-          out.atom_virial[9 * src[e] + 3 * a + b] += 0.5 * v;
-          out.atom_virial[9 * dst[e] + 3 * a + b] += 0.5 * v;
-        }
-      }
-  }
+  edge_gradient_to_forces(n_edges, src, dst, edge_vectors, gvec_host.data(), want_atom_virial, out);
 }
 
 void Model::set_num_threads(int n)

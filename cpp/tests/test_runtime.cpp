@@ -215,7 +215,7 @@ int main(int argc, char **argv)
       mp.compute_layered(0, nullptr, 0, nullptr, nullptr, nullptr, 0, false, ex, r);
       check(ex.forwards == 3 && ex.reverses == 3 && r.energy == 0.0, "no atoms: still every exchange");
     }
-    check_throws([&] { m64.layer_feature_sizes(); }, "does not export the layer methods", "layer sizes of a pair model");
+    check_throws([&] { m64.layer_feature_sizes(); }, "does not export the per-layer methods", "layer sizes of a pair model");
 
     // unit conversions
     check_close(equiformer::energy_conversion("eV", "kcal/mol"), 23.060547830619026, 1e-15, "eV -> kcal/mol");

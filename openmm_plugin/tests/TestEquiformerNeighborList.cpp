@@ -1,21 +1,25 @@
-// The cell list against a brute-force search over lattice images, for open boundaries,
-// orthorhombic and triclinic (OpenMM reduced form) cells, including cells only slightly
-// wider than the cutoff, where atoms see their own images and several images of a neighbour.
-#include "internal/EquiformerNeighborList.h"
+// The C++ cell list (cpp/include/equiformer/neighbors.h) on the neighbour-search cases shared
+// with the vesin and TorchScript searches, against their brute-force answers: both written by
+// tests/neighbor_cases.py into the file given as the only argument. Then the boxes it refuses.
+#include "equiformer/neighbors.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <random>
+#include <fstream>
 #include <stdexcept>
+#include <string>
 #include <tuple>
 #include <vector>
 
-using namespace EquiformerOpenMM;
+using equiformer::CellList;
+using equiformer::NeighborList;
 
-using Edge = std::tuple<long, long, long, long, long>;  // src, dst, rounded vector
+namespace {
 
-static std::vector<Edge> canonical(const NeighborList &nl)
+using Edge = std::tuple<int64_t, int64_t, long, long, long>;  // src, dst, vector in 1e-6 units
+
+std::vector<Edge> canonical(const NeighborList &nl)
 {
   std::vector<Edge> out;
   for (size_t e = 0; e < nl.size(); ++e)
@@ -25,96 +29,90 @@ static std::vector<Edge> canonical(const NeighborList &nl)
   return out;
 }
 
-static NeighborList bruteForce(int n, const std::vector<double> &x, const double *box, double rc)
+int failures = 0;
+
+void report(bool ok, const std::string &what)
 {
-  NeighborList nl;
-  const int r = box ? 4 : 0;
-  for (int i = 0; i < n; ++i)
-    for (int j = 0; j < n; ++j)
-      for (int a = -r; a <= r; ++a)
-        for (int b = -r; b <= r; ++b)
-          for (int c = -r; c <= r; ++c) {
-            if (i == j && a == 0 && b == 0 && c == 0) continue;
-            double v[3];
-            for (int k = 0; k < 3; ++k) {
-              v[k] = x[3 * j + k] - x[3 * i + k];
-              if (box) v[k] += a * box[k] + b * box[3 + k] + c * box[6 + k];
-            }
-            if (v[0] * v[0] + v[1] * v[1] + v[2] * v[2] < rc * rc) {
-              nl.src.push_back(j);
-              nl.dst.push_back(i);
-              nl.vectors.insert(nl.vectors.end(), v, v + 3);
-            }
-          }
-  return nl;
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  if (!ok) ++failures;
 }
 
-static int failures = 0;
+// One case of the file: name, atoms, box (nullptr-like when not periodic), cutoff, reference.
+bool checkNextCase(std::ifstream &in)
+{
+  std::string tag, name;
+  if (!(in >> tag >> name)) return false;
+  if (tag != "case") throw std::runtime_error("malformed cases file near '" + tag + "'");
+  int n, periodic;
+  double cutoff, box[9];
+  in >> n >> periodic >> cutoff;
+  for (double &b : box) in >> b;
+  std::vector<double> positions(3 * static_cast<size_t>(n));
+  for (double &x : positions) in >> x;
+  size_t edges;
+  in >> edges;
+  NeighborList want;
+  for (size_t e = 0; e < edges; ++e) {
+    int64_t s, d;
+    double v[3];
+    in >> s >> d >> v[0] >> v[1] >> v[2];
+    want.src.push_back(s);
+    want.dst.push_back(d);
+    want.vectors.insert(want.vectors.end(), v, v + 3);
+  }
+  if (!in) throw std::runtime_error("malformed cases file in case " + name);
+  CellList cells;
+  NeighborList got;
+  cells.build(n, positions.data(), periodic ? box : nullptr, cutoff, got);
+  report(canonical(got) == canonical(want),
+         name + ": " + std::to_string(got.size()) + " edges, brute force " + std::to_string(want.size()));
+  return true;
+}
 
-static void check(const char *what, int n, const std::vector<double> &x, const double *box, double rc)
+// Calls cells.build and reports whether it threw std::invalid_argument mentioning `expected`.
+void checkRefused(const std::string &what, const double *box, std::vector<double> positions,
+                  const std::string &expected)
 {
   CellList cells;
   NeighborList nl;
-  cells.build(n, x.data(), box, rc, nl);
-  std::vector<Edge> got = canonical(nl), want = canonical(bruteForce(n, x, box, rc));
-  if (got != want) {
-    std::printf("FAIL %s: %zu edges, brute force %zu\n", what, got.size(), want.size());
-    ++failures;
-  } else {
-    std::printf("ok   %s: %zu edges\n", what, got.size());
+  try {
+    cells.build(static_cast<int>(positions.size() / 3), positions.data(), box, 1.0, nl);
+    report(false, what + " accepted");
+  } catch (const std::invalid_argument &e) {
+    report(std::string(e.what()).find(expected) != std::string::npos, what + " refused: " + e.what());
   }
 }
 
-int main()
+}  // namespace
+
+int main(int argc, char **argv)
 {
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<double> u(0.0, 1.0);
-  const double rc = 1.0;
-  // open boundaries, dense and very sparse
-  // (the sparse case: two clusters 1000 cutoffs apart, so the cell grid must be capped)
-  for (double distance : {0.0, 1000.0}) {
-    int n = 60;
-    std::vector<double> x(3 * n);
-    for (int i = 0; i < n; ++i)
-      for (int k = 0; k < 3; ++k) x[3 * i + k] = 2.5 * u(rng) + (i % 2 ? distance : 0.0);
-    check(distance == 0.0 ? "open dense" : "open, two distant clusters", n, x, nullptr, rc);
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s CASES (written by tests/neighbor_cases.py)\n", argv[0]);
+    return 2;
   }
-  // periodic cells: {a, bx, by, cx, cy, cz}, all valid reduced forms
-  const double cells[][6] = {
-      {3.7, 0, 3.1, 0, 0, 4.2},         // orthorhombic, several cells per axis
-      {1.05, 0, 1.2, 0, 0, 1.6},        // widths just above the cutoff: own images
-      {2.2, 0.9, 2.1, -1.0, 0.7, 2.4},  // triclinic, two cells per axis
-      {4.5, 2.2, 3.9, 2.0, -1.9, 3.3},  // strongly skewed triclinic
-      {1.3, 0.6, 1.25, 0.5, 0.6, 1.1},  // skewed and thin
-  };
-  for (const auto &c : cells) {
-    double box[9] = {c[0], 0, 0, c[1], c[2], 0, c[3], c[4], c[5]};
-    int n = 24;
-    std::vector<double> x(3 * n);
-    // positions inside the cell, then some displaced by lattice vectors (must not matter)
-    for (int i = 0; i < n; ++i) {
-      double s[3] = {u(rng), u(rng), u(rng)};
-      int shift = (i % 3) - 1;
-      for (int k = 0; k < 3; ++k)
-        x[3 * i + k] = (s[0] + shift) * box[k] + s[1] * box[3 + k] + (s[2] - shift) * box[6 + k];
-    }
-    char name[96];
-    std::snprintf(name, sizeof name, "periodic a=%.2f b=(%.2f,%.2f) c=(%.2f,%.2f,%.2f)", c[0], c[1], c[2], c[3],
-                  c[4], c[5]);
-    // edge vectors do not depend on which image of an atom is given: compare with brute force
-    check(name, n, x, box, rc);
+  std::ifstream in(argv[1]);
+  if (!in) {
+    std::fprintf(stderr, "cannot read %s\n", argv[1]);
+    return 2;
   }
-  // a box narrower than the cutoff is refused
+  int cases = 0;
+  while (checkNextCase(in)) ++cases;
+  report(cases > 0, std::to_string(cases) + " cases read");
+
+  const double narrow[9] = {0.9, 0, 0, 0, 2, 0, 0, 0, 2};
+  checkRefused("box narrower than the cutoff", narrow, {0.1, 0.1, 0.1, 0.5, 0.5, 0.5},
+               "its width across box vector a is 0.9, smaller than the model cutoff 1;");
+  const double flat[9] = {1, 0, 0, 2, 0, 0, 0, 0, 2};
+  checkRefused("degenerate box", flat, {0.1, 0.1, 0.1}, "degenerate");
+  checkRefused("non-finite position", nullptr, {0.1, 0.1, NAN}, "atom 0 has a non-finite coordinate");
+  // the message in another unit (the OpenMM plugin: model Angstrom shown in nm)
   try {
-    double box[9] = {0.9, 0, 0, 0, 2, 0, 0, 0, 2};
-    std::vector<double> x(6, 0.1);
-    CellList cl;
-    NeighborList nl;
-    cl.build(2, x.data(), box, rc, nl);
-    std::printf("FAIL narrow box accepted\n");
-    ++failures;
+    equiformer::check_box(narrow, 1.0, "nm", 0.1);
+    report(false, "check_box accepted a narrow box");
   } catch (const std::invalid_argument &e) {
-    std::printf("ok   narrow box refused: %s\n", e.what());
+    report(std::string(e.what()).find("is 0.09 nm, smaller than the model cutoff 0.1 nm") != std::string::npos,
+           std::string("check_box in nm: ") + e.what());
   }
   return failures == 0 ? 0 : 1;
 }

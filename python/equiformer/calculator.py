@@ -8,10 +8,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .data.atoms import species_indices
 from .data.neighbors import neighbor_list
-from .export.contract import min_distance_of, read_metadata, warn_close_atoms
-from .units import energy_factor, length_factor
+from .export.contract import metadata_files, warn_close_atoms
+from .model_info import ModelInfo
 
 
 class EquiformerCalculator(Calculator):
@@ -30,31 +29,27 @@ class EquiformerCalculator(Calculator):
             raise ValueError("give exactly one of model='MODEL.pt' (exported) or checkpoint='CKPT.pt'")
         self.device = torch.device(device)
         if model is not None:
-            meta = read_metadata(model)
+            self.info = ModelInfo.read(model)
             self.engine = torch.jit.load(model, map_location=self.device)
-            self.species = meta["species_symbols"].split()
-            self.cutoff = float(meta["cutoff"])
-            self.dtype = getattr(torch, meta["dtype"])
-            self.energy_offset = float(meta["energy_offset"])
-            self.min_distance = min_distance_of(meta)
-            units = (meta["energy_unit"], meta["length_unit"])
         else:
-            from .export.torchscript import EquiformerEngineModel
+            from .export.torchscript import EquiformerEngineModel, metadata_of
             from .train.checkpoint import model_from_checkpoint
 
             eager = model_from_checkpoint(checkpoint, device=self.device)
             for p in eager.parameters():  # as the exported model: derivatives w.r.t. positions only
                 p.requires_grad_(False)
             self.engine = EquiformerEngineModel(eager)
-            self.species = list(eager.species_symbols)
-            self.cutoff = eager.cutoff
-            self.dtype = eager.energy_dtype()
-            self.energy_offset = float(eager.energy_offset)
-            units = (eager.hparams["energy_unit"], eager.hparams["length_unit"])
-            self.min_distance = min_distance_of({"length_unit": units[1]})
-        self.to_ev = energy_factor(units[0], "eV")
-        self.to_model_length = length_factor("Angstrom", units[1])
+            # described as its export would be
+            metadata = metadata_of(eager, eager.energy_dtype(), str(self.device))
+            self.info = ModelInfo.from_metadata(checkpoint, metadata_files(metadata))
+        self.to_ev = self.info.energy_to("eV")
+        self.to_model_length = self.info.length_from("Angstrom")
         self.warned_close = False
+
+    @property
+    def cutoff(self) -> float:
+        """The model's cutoff, in its length unit."""
+        return self.info.cutoff
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -62,7 +57,7 @@ class EquiformerCalculator(Calculator):
         n = len(atoms)
         if n == 0:
             raise ValueError("cannot evaluate an empty structure (no atoms)")
-        species = torch.from_numpy(species_indices(atoms.get_chemical_symbols(), self.species, "the calculator's atoms"))
+        species = torch.from_numpy(self.info.species_indices(atoms.get_chemical_symbols(), "the calculator's atoms"))
         pos = atoms.get_positions() * self.to_model_length
         cell = atoms.get_cell().array * self.to_model_length
         pbc = atoms.get_pbc()
@@ -70,13 +65,13 @@ class EquiformerCalculator(Calculator):
         vectors = pos[edge_index[0]] - pos[edge_index[1]] + shifts
         if not self.warned_close and len(vectors) > 0:
             closest = float(np.sqrt((vectors * vectors).sum(1).min()))
-            self.warned_close = warn_close_atoms(closest / self.to_model_length, self.min_distance / self.to_model_length,
-                                                 "Angstrom")
+            self.warned_close = warn_close_atoms(closest / self.to_model_length,
+                                                 self.info.min_distance / self.to_model_length, "Angstrom")
         out = self.engine(species.to(self.device), torch.from_numpy(edge_index).to(self.device),
-                          torch.tensor(vectors, dtype=self.dtype, device=self.device), n)
+                          torch.tensor(vectors, dtype=self.info.torch_dtype, device=self.device), n)
         e_unit, l_unit = self.to_ev, self.to_ev * self.to_model_length  # energy, energy/length conversions
-        energy = (float(out["energy"]) + self.energy_offset) * e_unit
-        energies = (out["atom_energies"].cpu().numpy() + self.energy_offset / n) * e_unit
+        energy = (float(out["energy"]) + self.info.energy_offset) * e_unit
+        energies = (out["atom_energies"].cpu().numpy() + self.info.energy_offset / n) * e_unit
         self.results = {
             "energy": energy,
             "free_energy": energy,

@@ -1,4 +1,5 @@
-"""Unit conversions shared by every engine integration (CODATA 2018)."""
+"""The one table of units in Python: every route converts with these factors (CODATA 2018).
+The C++ runtime has the same numbers (`equiformer::energy_conversion`, `length_conversion`)."""
 
 EV_IN_KJ_PER_MOL = 96.48533212331002
 KCAL_IN_KJ = 4.184
@@ -18,6 +19,7 @@ def energy_factor(unit: str, to: str = "eV") -> float:
 
 
 def length_factor(unit: str, to: str = "Angstrom") -> float:
+    """Multiply a length in `unit` by this to get it in `to`."""
     for u in (unit, to):
         if u not in LENGTH_IN_ANGSTROM:
             raise ValueError(f"unknown length unit {u!r}; known: {', '.join(LENGTH_IN_ANGSTROM)}")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from equiformer import __version__
-from equiformer.export.contract import edge_gradients_to_outputs, save_engine_model
+from equiformer.export.contract import engine_outputs, save_engine_model
 
 SYMBOLS = ("H", "C", "O", "Cu")
 NUMBERS = (1, 6, 8, 29)
@@ -51,21 +51,16 @@ class MessagePassing(torch.nn.Module):
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
                 n_local: int) -> Dict[str, torch.Tensor]:
-        num_atoms = species.shape[0]
         edge_vectors = edge_vectors.detach().requires_grad_(True)
         x = self.embed(species, edge_index, edge_vectors)
         for k in range(self.num_layers):
             x = self.block(k, x, edge_index, edge_vectors)
         atom_energies = self.readout(species, x, edge_index, edge_vectors)
-        energy = atom_energies[:n_local].sum()
-        grads = torch.autograd.grad([energy], [edge_vectors], allow_unused=True)
+        grads = torch.autograd.grad([atom_energies[:n_local].sum()], [edge_vectors], allow_unused=True)
         grad = grads[0]
         if grad is None:
             grad = torch.zeros_like(edge_vectors)
-        out = edge_gradients_to_outputs(edge_index, edge_vectors, grad, num_atoms)
-        out["energy"] = energy.detach()
-        out["atom_energies"] = atom_energies.detach()
-        return out
+        return engine_outputs(edge_index, edge_vectors, grad, atom_energies, n_local)
 
 
 def write_mp_model(path: str, cutoff: float = 2.5, num_layers: int = 2) -> str:

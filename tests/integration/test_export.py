@@ -18,7 +18,7 @@ from equiformer.data import keys
 from equiformer.data.atoms import atoms_to_graph
 from equiformer.data.neighbors import neighbor_list
 from equiformer.export import torchscript as ts
-from equiformer.export.contract import FORMAT, FORMAT_VERSION, edge_gradients_to_outputs, read_metadata
+from equiformer.export.contract import FORMAT, FORMAT_VERSION, engine_outputs, read_metadata
 from equiformer.export.torchscript import export_model
 from equiformer.model import build_model
 from equiformer.train.checkpoint import build_checkpoint, model_from_checkpoint, save_checkpoint
@@ -89,18 +89,6 @@ def calc32(files):
 @pytest.fixture(scope="module")
 def calc_ckpt(files):
     return EquiformerCalculator(checkpoint=files["ckpt"])
-
-
-def call_readout(module, species, x, edge_index, edge_vectors):
-    """readout(species, x) of docs/model-format.md, or readout(species, x, edge_index,
-    edge_vectors) when the output head is itself a graph layer (attention_head)."""
-    import inspect
-
-    from equiformer.model import Equiformer
-
-    if len(inspect.signature(Equiformer.readout).parameters) == 3:
-        return module.readout(species, x)
-    return module.readout(species, x, edge_index, edge_vectors)
 
 
 def molecule(seed=0, n=7, box=3.0, min_dist=0.9):
@@ -328,41 +316,96 @@ def test_float32_export(loaded, loaded32, calc64, calc32):
 # ----------------------------------------------------------------------------- layer by layer
 
 
+def layered(module, species, ei, vec, num_layers):
+    """Energies and forces evaluated as an engine with per-layer exchange does (the C++
+    runtime's small-graph path): edge features once, each layer a separate call whose input
+    is a fresh leaf (what crosses ranks), the backward layer by layer with grad_outputs,
+    gradients with respect to the features summed and taken to the edge vectors once."""
+    n = species.shape[0]
+    vec_req = vec.clone().requires_grad_(True)
+    features = module.edge_features(vec_req)
+    leaves = [f.detach().requires_grad_(True) for f in features]
+    inputs, outputs = [], []
+    x = torch.zeros(0)
+    for s in range(num_layers + 2):
+        inputs.append(x.detach().requires_grad_(True))
+        outputs.append(module.layer(s, species, inputs[-1], ei, leaves))
+        x = outputs[-1]
+    e_atoms = outputs[-1]
+    grad_features = [torch.zeros_like(f) for f in features]
+    g = torch.zeros_like(e_atoms)
+    g[:n] = 1.0
+    for s in reversed(range(num_layers + 2)):
+        wrt = ([inputs[s]] if s > 0 else []) + leaves
+        grads = torch.autograd.grad([outputs[s]], wrt, grad_outputs=[g], allow_unused=True)
+        if s > 0:
+            g = grads[0]
+            assert g is not None and g.abs().max() > 0
+            grads = grads[1:]
+        for total, part in zip(grad_features, grads):
+            if part is not None:
+                total += part
+    used = [(f, gf) for f, gf in zip(features, grad_features) if f.requires_grad]
+    (g_vec,) = torch.autograd.grad([f for f, _ in used], [vec_req], grad_outputs=[gf for _, gf in used])
+    return e_atoms.detach(), engine_outputs(ei, vec, g_vec, e_atoms.detach(), n)
+
+
 def test_layer_by_layer_reproduces_forward(loaded, eager):
     atoms = triclinic()
     species, ei, vec = contract_inputs(atoms, 5.0)
     n = len(atoms)
     ref = loaded(species, ei, vec, n)
     num_layers = int(read_metadata(_PATHS["f64"])["num_layers"])
-    for module in (loaded, eager):
-        vec_req = vec.clone().requires_grad_(True)
-        xs = [module.embed(species, ei, vec_req)]
-        inputs = []
-        for k in range(num_layers):
-            xin = xs[-1].detach().requires_grad_(True)  # what an engine exchanges between calls
-            inputs.append(xin)
-            xs.append(module.block(k, xin, ei, vec_req))
-        x_last = xs[-1].detach().requires_grad_(True)
-        e_atoms = call_readout(module, species, x_last, ei, vec_req)
+    for module in (loaded, ts.EquiformerEngineModel(eager)):
+        e_atoms, out = layered(module, species, ei, vec, num_layers)
         assert e_atoms.dtype == torch.float64
         assert_close(e_atoms, ref["atom_energies"], 1e-10, "atom energies")
-        # backward layer by layer with grad_outputs, accumulating d energy / d edge vectors
-        g_vec = torch.zeros_like(vec)
-        g_x, g_v = torch.autograd.grad(e_atoms[:n].sum(), [x_last, vec_req], allow_unused=True)
-        if g_v is not None:  # an attention output head also sees the edges
-            g_vec = g_vec + g_v
-        for k in reversed(range(num_layers)):
-            g_in, g_v = torch.autograd.grad([xs[k + 1]], [inputs[k], vec_req], grad_outputs=[g_x])
-            assert g_in is not None and g_in.abs().max() > 0
-            g_vec = g_vec + g_v
-            g_x = g_in
-        (g_v,) = torch.autograd.grad([xs[0]], [vec_req], grad_outputs=[g_x])
-        g_vec = g_vec + g_v
-        out = edge_gradients_to_outputs(ei, vec, g_vec, n)
         assert_close(out["forces"], ref["forces"], 1e-10, "layered forces")
         assert_close(out["virial"], ref["virial"], 1e-10, "layered virial")
     with pytest.raises(Exception, match="out of range"):
-        loaded.block(num_layers, xs[0].detach(), ei, vec)
+        loaded.layer(num_layers + 2, species, torch.zeros(0), ei, loaded.edge_features(vec))
+
+
+@pytest.mark.parametrize("which", ["exported", "attention-head"])
+def test_layer_by_chunks_and_vjp_equal_autograd(loaded, which):
+    """The large-graph path of the per-layer protocol: each layer by chunks (no graph) equals
+    the whole-graph layer; each layer's chunked vector-Jacobian product equals autograd's; the
+    features' VJP equals autograd's (edges shuffled: they need not come sorted). On the
+    exported file and on an eager engine whose readout is an attention layer."""
+    atoms = triclinic()
+    species, ei, vec = contract_inputs(atoms, 5.0)
+    perm = torch.randperm(ei.shape[1], generator=torch.Generator().manual_seed(1))
+    ei, vec = ei[:, perm], vec[perm]
+    if which == "attention-head":
+        loaded = ts.EquiformerEngineModel(make_model(seed=2, attention_head=True, irreps_feature="8x0e+2x1e"))
+    num_layers = 2
+    loaded.schedule.edge_chunk = 7  # several chunks, smaller than one centre's edges
+    try:
+        vec_req = vec.clone().requires_grad_(True)
+        features = loaded.edge_features(vec_req)
+        leaves = [f.detach().requires_grad_(True) for f in features]
+        x = torch.zeros(0, dtype=torch.float64)
+        for s in range(num_layers + 2):
+            x_in = x.detach().requires_grad_(True)
+            out = loaded.layer(s, species, x_in, ei, leaves)
+            assert_close(loaded.layer_by_chunks(s, species, x_in.detach(), ei, features), out.detach(), 1e-12,
+                         f"layer {s} by chunks")
+            seed = torch.randn(out.shape, generator=torch.Generator().manual_seed(s), dtype=out.dtype)
+            got = loaded.layer_vjp(s, species, x_in.detach(), seed, ei, features)
+            wrt = ([x_in] if s > 0 else []) + leaves
+            want = torch.autograd.grad([out], wrt, grad_outputs=[seed], allow_unused=True)
+            if s == 0:
+                want = (torch.zeros_like(x_in),) + want
+            for k, (a, b) in enumerate(zip(got, want)):
+                assert_close(a, torch.zeros_like(a) if b is None else b, 1e-11, f"layer {s} vjp {k}")
+            x = out.detach()
+        seeds = [torch.randn(f.shape, generator=torch.Generator().manual_seed(9), dtype=f.dtype) for f in features]
+        used = [(f, s) for f, s in zip(features, seeds) if f.requires_grad]
+        (want,) = torch.autograd.grad([f for f, _ in used], [vec_req], grad_outputs=[s for _, s in used])
+        seeds = [s if f.requires_grad else torch.zeros_like(s) for f, s in zip(features, seeds)]
+        assert_close(loaded.edge_features_vjp(vec, seeds), want, 1e-12, "features vjp")
+    finally:
+        loaded.schedule.edge_chunk = 2048
 
 
 # ----------------------------------------------------------------------------- ASE calculator

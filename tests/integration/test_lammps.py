@@ -500,9 +500,8 @@ def real_models(tmp_path_factory) -> Dict[str, str]:
         out[name] = str(d / f"{name}.pt")
         export_model(model, out[name], "float64")
         if name == "tiny":  # the same model on the chunked route (many chunks) for every graph
-            out["tiny-layerwise"] = str(d / "tiny-layerwise.pt")
-            model.edge_chunk = 50
-            export_model(model, out["tiny-layerwise"], "float64", layerwise_edges=0)
+            out["tiny-chunked"] = str(d / "tiny-chunked.pt")
+            export_model(model, out["tiny-chunked"], "float64", chunked_edges=0, edge_chunk=50)
     return out
 
 
@@ -573,7 +572,7 @@ def test_real_equiformer_ghost_mode(tmp_path, real_models):
 def test_real_equiformer_recomputed_layers(tmp_path, real_models, nprocs, mode):
     """A model exported to recompute its layers (large graphs: the forward's chunked gradient,
     and `mode layer`'s recomputation) gives the calculator's numbers too."""
-    _check_real_static(tmp_path, real_models["tiny-layerwise"], nprocs, mode, "on")
+    _check_real_static(tmp_path, real_models["tiny-chunked"], nprocs, mode, "on")
 
 
 def test_real_equiformer_attention_head(tmp_path, real_models):
@@ -751,7 +750,7 @@ def test_errors_on_several_ranks_do_not_hang(tmp_path, models):
     assert "does not exist" in _error_case(tmp_path, models, coeff=f"* * {tmp_path}/nope.pt H C O Cu", np_=2)
     assert "mode map works on one MPI rank only" in _error_case(tmp_path, models, pair_style="equiformer mode map",
                                                                 np_=2)
-    assert "mode layer needs a model that exports embed" in _error_case(
+    assert "mode layer needs a model that exports the per-layer methods" in _error_case(
         tmp_path, models, pair_style="equiformer mode layer", np_=2)
 
 

@@ -3,8 +3,8 @@
 Every energy / force is compared with an independent reference:
 - the analytic pair model against its closed form (`analytic_models.pair_reference`);
 - any other model (the real Equiformer: append to MODEL_CASES or set
-  EQUIFORMER_TEST_MODEL=/path/MODEL.pt) against the model called directly on a brute-force
-  neighbor list built here in numpy (loop over periodic images), independent of both the
+  EQUIFORMER_TEST_MODEL=/path/MODEL.pt) against the model called directly on the brute-force
+  neighbor list of tests/neighbor_cases.py (loop over periodic images), independent of the
   TorchScript cell list and vesin.
 """
 
@@ -24,11 +24,11 @@ from openmm import app, unit  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analytic_models import SYMBOLS, pair_reference, write_pair_model  # noqa: E402
 from damaged_files import flip_bit  # noqa: E402
+from neighbor_cases import brute_force  # noqa: E402
 
-from equiformer.export.contract import read_metadata  # noqa: E402
-from equiformer.openmm import (  # noqa: E402
-    ENERGY_TO_KJ_PER_MOL, NM_TO_MODEL_LENGTH, create_python_force, create_torch_force, load_torch_force,
-)
+from equiformer.model_info import ModelInfo  # noqa: E402
+from equiformer.openmm import create_python_force, create_torch_force, load_torch_force  # noqa: E402
+from equiformer.units import energy_factor, length_factor  # noqa: E402
 
 pytestmark = pytest.mark.openmm
 
@@ -58,28 +58,16 @@ CREATE = {"torchforce": create_torch_force, "pythonforce": create_python_force}
 def brute_force_reference(model_path, symbols, positions, cell=None):
     """Energy (model unit, without offset) and forces of any exported model from a brute-force
     neighbor list over periodic images; positions / cell in the model length unit."""
-    meta = read_metadata(model_path)
-    rc = float(meta["cutoff"])
-    species = torch.tensor([meta["species_symbols"].split().index(s) for s in symbols])
+    info = ModelInfo.read(model_path)
+    rc = info.cutoff
+    species = torch.from_numpy(info.species_indices(symbols))
     pos = np.asarray(positions, dtype=np.float64)
-    shifts = [np.zeros(3)]
-    if cell is not None:
-        cell = np.asarray(cell, dtype=np.float64)
-        heights = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-        reps = np.ceil(rc / heights).astype(int)
-        shifts = [np.array([a, b, c]) @ cell for a in range(-reps[0], reps[0] + 1)
-                  for b in range(-reps[1], reps[1] + 1) for c in range(-reps[2], reps[2] + 1)]
-    src, dst, vec = [], [], []
-    for s in shifts:
-        d = pos[None, :, :] + s - pos[:, None, :]  # [i, j] = x_j + s - x_i
-        ii, jj = np.nonzero(((d * d).sum(-1) < rc * rc) & ((d * d).sum(-1) > 0))
-        src.append(jj)
-        dst.append(ii)
-        vec.append(d[ii, jj])
-    edge_index = torch.tensor(np.stack([np.concatenate(src), np.concatenate(dst)]), dtype=torch.long)
-    dtype = torch.float64 if meta["dtype"] == "float64" else torch.float32
+    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+    src, dst, shifts = brute_force(pos, rc, cell, cell.any())
+    edge_index = torch.from_numpy(np.stack([src, dst]))
+    vectors = torch.from_numpy(pos[src] - pos[dst] + shifts @ cell).to(info.torch_dtype)
     model = torch.jit.load(model_path, map_location="cpu")
-    out = model(species, edge_index, torch.tensor(np.concatenate(vec)).to(dtype), len(symbols))
+    out = model(species, edge_index, vectors, len(symbols))
     return {"energy": float(out["energy"]), "forces": out["forces"].numpy()}
 
 
@@ -146,12 +134,12 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module", params=sorted(MODEL_CASES))
 def model_case(request, model_dir):
     path, reference = MODEL_CASES[request.param](model_dir)
-    meta = read_metadata(path)
+    info = ModelInfo.read(path)
     return {
-        "path": path, "reference": reference, "cutoff": float(meta["cutoff"]),
-        "species": meta["species_symbols"].split(), "length_unit": meta["length_unit"],
-        "energy_unit": meta["energy_unit"], "offset": float(meta["energy_offset"]),
-        "rtol": 1e-8 if meta["dtype"] == "float64" else 2e-5,
+        "path": path, "reference": reference, "cutoff": info.cutoff,
+        "species": info.species_symbols, "length_unit": info.length_unit,
+        "energy_unit": info.energy_unit, "offset": info.energy_offset,
+        "rtol": 1e-8 if info.dtype == "float64" else 2e-5,
     }
 
 
@@ -173,7 +161,7 @@ def make_structure(kind, species, cutoff, seed=0):
         cell = {
             "cubic": np.diag([2.3, 2.3, 2.3]) * cutoff,
             "triclinic": np.array([[2.4, 0, 0], [0.9, 2.2, 0], [-1.1, 0.8, 2.5]]) * cutoff,
-            # widths between 1 and 2 cutoffs: atoms see several images of neighbours and of themselves
+            # widths between 1 and 2 cutoffs: atoms see several images of their neighbours
             "small-triclinic": np.array([[1.3, 0, 0], [0.6, 1.25, 0], [-0.5, 0.4, 1.2]]) * cutoff,
         }[kind]
         n = 24 if kind != "small-triclinic" else 5
@@ -227,8 +215,8 @@ def evaluate(system, positions_nm, platform="Reference", cell_nm=None, groups=-1
 
 def expected_kj(case, symbols, pos, cell):
     ref = case["reference"](symbols, pos, cell)
-    e_scale = ENERGY_TO_KJ_PER_MOL[case["energy_unit"]]
-    l_scale = NM_TO_MODEL_LENGTH[case["length_unit"]]
+    e_scale = energy_factor(case["energy_unit"], "kJ/mol")
+    l_scale = length_factor("nm", case["length_unit"])
     return (ref["energy"] + case["offset"]) * e_scale, np.asarray(ref["forces"]) * e_scale * l_scale
 
 
@@ -246,7 +234,7 @@ def assert_matches(energy, forces, ref_energy, ref_forces, rtol):
 @pytest.mark.parametrize("route", ROUTES)
 def test_energy_forces_match_reference(model_case, route, kind):
     symbols, pos, cell = make_structure(kind, model_case["species"], model_case["cutoff"])
-    to_nm = 1.0 / NM_TO_MODEL_LENGTH[model_case["length_unit"]]
+    to_nm = length_factor(model_case["length_unit"], "nm")
     cell_nm = None if cell is None else cell * to_nm
     system = make_system(symbols, cell_nm)
     system.addForce(CREATE[route](model_case["path"], make_topology(symbols, cell_nm)))
@@ -258,7 +246,7 @@ def test_energy_forces_match_reference(model_case, route, kind):
 @pytest.mark.parametrize("route", ROUTES)
 def test_cpu_platform_agrees(model_case, route):
     symbols, pos, cell = make_structure("triclinic", model_case["species"], model_case["cutoff"], seed=3)
-    to_nm = 1.0 / NM_TO_MODEL_LENGTH[model_case["length_unit"]]
+    to_nm = length_factor(model_case["length_unit"], "nm")
     system = make_system(symbols, cell * to_nm)
     system.addForce(CREATE[route](model_case["path"], make_topology(symbols, cell * to_nm)))
     e_ref, f_ref = evaluate(system, pos * to_nm, "Reference", cell * to_nm)
@@ -274,12 +262,12 @@ def test_units_and_energy_offset(model_dir, route, units):
     path = write_pair_model(str(model_dir / f"units-{length_unit}-{energy_unit.replace('/', '_')}.pt"),
                             cutoff=cutoff, length_unit=length_unit, energy_unit=energy_unit, energy_offset=offset)
     symbols, pos, cell = make_structure("triclinic", ["H", "C", "O"], cutoff, seed=5)
-    to_nm = 1.0 / NM_TO_MODEL_LENGTH[length_unit]
+    to_nm = length_factor(length_unit, "nm")
     system = make_system(symbols, cell * to_nm)
     system.addForce(CREATE[route](path, make_topology(symbols, cell * to_nm)))
     energy, forces = evaluate(system, pos * to_nm, cell_nm=cell * to_nm)
     ref = reference_pair(symbols, pos, cell, cutoff)
-    kj = ENERGY_TO_KJ_PER_MOL[energy_unit]
+    kj = energy_factor(energy_unit, "kJ/mol")
     assert_matches(energy, forces, (ref["energy"] + offset) * kj, ref["forces"] * kj / to_nm, 1e-8)
 
 
@@ -866,8 +854,7 @@ def test_damaged_model_file(route, pair_model, tmp_path):
     if route == "pythonforce":
         assert create_python_force(good, ["Cu", "Cu"]).getName() == "EquiformerPythonForce"
     else:
-        from equiformer.export.contract import read_metadata
-        assert read_metadata(good)["species_symbols"] == "Cu"
+        assert ModelInfo.read(good).species_symbols == ["Cu"]
         saved = str(tmp_path / "torchforce.pt")
         create_torch_force(pair_model, ["H", "C"], save_path=saved)
         bad_saved = str(tmp_path / "torchforce-damaged.pt")

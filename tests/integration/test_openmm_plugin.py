@@ -6,7 +6,6 @@ Skipped when the plugin library is not built (scripts/build_cpp.sh).
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -94,7 +93,7 @@ def molecule(seed=1, n=len(SYMBOLS)):
 
 
 # OpenMM reduced triclinic boxes (nm): a general one, and one whose widths lie between 1 and
-# 2 cutoffs, so that atoms interact with several images of each other and with their own
+# 2 cutoffs, so that atoms interact with several images of each other
 TRICLINIC = np.array([[1.1, 0.0, 0.0], [0.35, 0.95, 0.0], [-0.3, 0.25, 0.9]])
 SMALL = np.array([[0.52, 0.0, 0.0], [0.2, 0.47, 0.0], [0.12, -0.2, 0.45]])
 
@@ -136,7 +135,7 @@ def test_triclinic_box_matches_ase(model, box, platform):
     widths = box_widths(box)
     assert widths.min() >= CUTOFF_NM
     if box is SMALL:
-        assert widths.max() < 2 * CUTOFF_NM  # own images inside the cutoff
+        assert widths.max() < 2 * CUTOFF_NM  # several images of a neighbour inside the cutoff
     symbols = SYMBOLS[:8] if box is SMALL else SYMBOLS * 2
     pos = periodic_positions(box, len(symbols))
     system = make_system(len(symbols), box)
@@ -230,6 +229,33 @@ def test_xml_round_trip(model):
     e1, f1 = evaluate(system, pos)
     e2, f2 = evaluate(copy, pos)
     assert e1 == e2 and np.array_equal(f1, f2)
+
+
+def test_settings_change_in_place(model):
+    """The setters change the C++ force itself, also after System.addForce took it over: the
+    System's copy (what a Context and the XML see) has the new settings."""
+    system = make_system(3)
+    force = EquiformerForce("elsewhere.pt", [1, 1, 1], periodic=True, precision="single", numThreads=2)
+    force.setForceGroup(1)
+    system.addForce(force)
+    force.setModelFile(model)
+    force.setAtomicNumbers([8, 1, 1])
+    force.setParticles([2, 0, 1])
+    force.setUsesPeriodicBoundaryConditions(False)
+    force.setPrecision(None)
+    force.setNumThreads(0)
+    view = EquiformerForce.cast(system.getForce(0))
+    assert (view.getModelFile(), view.getAtomicNumbers(), view.getParticles()) == (model, [8, 1, 1], [2, 0, 1])
+    assert not view.usesPeriodicBoundaryConditions() and view.getPrecision() is None and view.getNumThreads() == 0
+    assert view.getForceGroup() == 1 and view.getName() == "EquiformerForce" and view.getDevice() == "cpu"
+    pos = molecule(n=3)
+    energy, forces = evaluate(system, pos)
+    ref_energy, ref_forces = ase_reference(model, ["O", "H", "H"], pos[[2, 0, 1]])
+    assert_close(energy, forces[[2, 0, 1]], ref_energy, ref_forces)
+    with pytest.raises(openmm.OpenMMException, match="number of threads"):
+        force.setNumThreads(-1)
+    with pytest.raises(TypeError, match="not an EquiformerForce"):
+        EquiformerForce.cast(openmm.HarmonicBondForce())
 
 
 def test_nve_energy_conservation(model):

@@ -303,8 +303,8 @@ def _cutoff_jump(model, delta):
     g = atoms_to_graph(atoms, SPECIES, model.cutoff)
     g_out = _without_pair(g, 0, 2)
     assert g_out[keys.EDGE_INDEX].shape[1] == g[keys.EDGE_INDEX].shape[1] - 2
-    a, b = model(g), model(g_out)
-    de = abs(float(a[keys.ENERGY] - b[keys.ENERGY]))
+    a, b = model(g), model(g_out)  # the energies keep their graph (forces were asked for)
+    de = abs(float((a[keys.ENERGY] - b[keys.ENERGY]).detach()))
     df = float((a[keys.FORCES] - b[keys.FORCES]).abs().max())
     return de, df
 

@@ -43,8 +43,9 @@ class LayerExchange {
   virtual void reverse(double *g, int64_t n_nodes, int64_t F) = 0;
 };
 
-// Exported layer-by-layer methods (embed/block/readout) evaluated one call at a time.
-// Opaque handles keep libtorch out of this header.
+// An exported model (docs/model-format.md), called whole (compute) or layer by layer with an
+// exchange of node features between layers (compute_layered). Opaque handles keep libtorch
+// out of this header.
 class Model {
  public:
   // Loads PATH on DEVICE: "cpu", "cuda", "cuda:K" or "auto" (first GPU when libtorch
@@ -70,7 +71,7 @@ class Model {
   // when Result::min_distance falls below it (the model has no repulsion built in).
   double min_distance() const;
   const std::string &device() const;      // the device actually used, e.g. "cpu", "cuda:0"
-  bool has_layer_methods() const;         // exports embed / block / readout
+  bool has_layer_methods() const;         // exports the per-layer methods (either protocol of the format doc)
   // Digest of the file's contents (entry names, sizes, checksums): ranks of a parallel run
   // compare it to be sure they loaded the same model.
   uint64_t fingerprint() const;
@@ -98,8 +99,9 @@ class Model {
 
   // The same outputs as compute(), evaluated layer by layer with an exchange of node
   // features between layers (per-layer domain decomposition, docs/lammps.md):
-  //   x = embed; exchange.forward(x); for k: x = block(k, x); exchange.forward(x);
-  //   atom energies = readout(x)
+  //   features = edge_features; x = layer(0); exchange.forward(x);
+  //   for k: x = layer(k, x); exchange.forward(x); atom energies = layer(L + 1, x)
+  // (files exported before: embed / block / readout, each computing its own edge features)
   // and the backward pass in reverse order with exchange.reverse() on the gradients of
   // each layer's input. Only the rows of local nodes (0..n_local-1) of each layer output
   // need to be right, so the graph needs edges into local centres only; forces and

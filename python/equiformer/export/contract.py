@@ -9,12 +9,12 @@ import json
 import os
 import tempfile
 import warnings
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
 from ..files import check_archive
-from ..units import length_factor
+from ..forces import forces_and_virial
 
 FORMAT = "equiformer-model"
 FORMAT_VERSION = 1
@@ -52,14 +52,6 @@ class CloseAtomsWarning(UserWarning):
     """Two atoms closer than the model's `min_distance`."""
 
 
-def min_distance_of(files: Dict[str, str]) -> float:
-    """`min_distance` of a model's metadata, in its length unit."""
-    text = files.get(META_MIN_DISTANCE, "")
-    if text:
-        return float(text)
-    return DEFAULT_MIN_DISTANCE_ANGSTROM * length_factor("Angstrom", files.get(META_LENGTH_UNIT) or "Angstrom")
-
-
 def warn_close_atoms(closest: float, min_distance: float, unit: str) -> bool:
     """Warn when ``closest`` (the shortest edge) is below ``min_distance``; True if it warned."""
     if not closest < min_distance:
@@ -74,26 +66,14 @@ LENGTH_UNITS = ("Angstrom", "nm")
 ENERGY_UNITS = ("eV", "kcal/mol", "kJ/mol")
 
 
-def edge_gradients_to_outputs(
-    edge_index: torch.Tensor, edge_vectors: torch.Tensor, grad: torch.Tensor, num_atoms: int
-) -> Dict[str, torch.Tensor]:
-    """Forces, virial and per-atom virial (float64) from dE/d(edge vector)."""
-    grad = grad.to(torch.float64)
-    vec = edge_vectors.detach().to(torch.float64)
-    src, dst = edge_index[0], edge_index[1]
-    forces = torch.zeros((num_atoms, 3), dtype=torch.float64, device=grad.device)
-    # r_e = x_src - x_dst: dE/dx_src += g_e, dE/dx_dst -= g_e, and F = -dE/dx
-    forces.index_add_(0, src, -grad)
-    forces.index_add_(0, dst, grad)
-    edge_virial = -vec.unsqueeze(2) * grad.unsqueeze(1)  # [E, 3, 3]
-    atom_virial = torch.zeros((num_atoms, 3, 3), dtype=torch.float64, device=grad.device)
-    atom_virial.index_add_(0, src, 0.5 * edge_virial)
-    atom_virial.index_add_(0, dst, 0.5 * edge_virial)
-    return {
-        "forces": forces,
-        "virial": edge_virial.sum(0),
-        "atom_virial": atom_virial,
-    }
+def engine_outputs(edge_index: torch.Tensor, edge_vectors: torch.Tensor, grad: torch.Tensor,
+                   atom_energies: torch.Tensor, n_local: int) -> Dict[str, torch.Tensor]:
+    """The forward's outputs (docs/model-format.md) from the per-atom energies and dE/d(edge vector)."""
+    forces, virial, atom_virial = forces_and_virial(edge_index, edge_vectors, grad, atom_energies.shape[0],
+                                                    per_atom=True)
+    assert atom_virial is not None
+    return {"energy": atom_energies[:n_local].sum().detach(), "atom_energies": atom_energies.detach(),
+            "forces": forces, "virial": virial[0], "atom_virial": atom_virial}
 
 
 class EngineModel(torch.nn.Module):
@@ -112,18 +92,13 @@ class EngineModel(torch.nn.Module):
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int
     ) -> Dict[str, torch.Tensor]:
         """Energies, then their gradient by one autograd pass through the whole model."""
-        num_atoms = species.shape[0]
         edge_vectors = edge_vectors.detach().requires_grad_(True)
         atom_energies = self.model.atom_energies(species, edge_index, edge_vectors)
-        energy = atom_energies[:n_local].sum()
-        grads = torch.autograd.grad([energy], [edge_vectors], allow_unused=True)
+        grads = torch.autograd.grad([atom_energies[:n_local].sum()], [edge_vectors], allow_unused=True)
         grad = grads[0]
         if grad is None:  # no edges, or no edge reaches a local atom
             grad = torch.zeros_like(edge_vectors)
-        out = edge_gradients_to_outputs(edge_index, edge_vectors, grad, num_atoms)
-        out["energy"] = energy.detach()
-        out["atom_energies"] = atom_energies.detach()
-        return out
+        return engine_outputs(edge_index, edge_vectors, grad, atom_energies, n_local)
 
 
 def metadata_files(metadata: Dict[str, object]) -> Dict[str, str]:
@@ -145,14 +120,21 @@ def metadata_files(metadata: Dict[str, object]) -> Dict[str, str]:
     return files
 
 
-def save_engine_model(module: torch.jit.ScriptModule, path: str, metadata: Dict[str, object]) -> None:
-    """Write a scripted engine model atomically: an existing file is replaced only on success."""
-    files = metadata_files(metadata)
+def check_writable(path: str) -> str:
+    """The folder ``path`` will be written into, after refusing one that does not exist or is
+    not writable (exporters call it first too, so a bad destination fails before the work)."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
+    return directory
+
+
+def save_engine_model(module: torch.jit.ScriptModule, path: str, metadata: Dict[str, object]) -> None:
+    """Write a scripted engine model atomically: an existing file is replaced only on success."""
+    files = metadata_files(metadata)
+    directory = check_writable(path)
     tmpdir = tempfile.mkdtemp(prefix=".equiformer-export-", dir=directory)
     tmp = os.path.join(tmpdir, os.path.basename(path))
     try:
@@ -186,7 +168,8 @@ def load_engine_model(path: str, map_location="cpu") -> torch.jit.ScriptModule:
 
 
 def read_metadata(path: str) -> Dict[str, str]:
-    """Metadata of an exported file; raises a clear error for anything else."""
+    """The metadata entries of an exported file, as stored (text); raises a clear error for
+    anything else. `equiformer.model_info.ModelInfo.read` parses them."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path} does not exist")
     check_archive(path, "model file", REEXPORT)
@@ -210,7 +193,3 @@ def read_metadata(path: str) -> Dict[str, str]:
             f"{FORMAT_VERSION}; re-export it with this package's `equiformer-export`"
         )
     return files
-
-
-def species_list(files: Dict[str, str]) -> List[str]:
-    return files[META_SPECIES_SYMBOLS].split()

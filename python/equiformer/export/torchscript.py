@@ -1,14 +1,17 @@
 """Write an Equiformer as the TorchScript engine model of docs/model-format.md."""
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 from .. import __version__
+from ..data.neighbors import neighbor_list
 from ..model import Equiformer, clone_model
 from ..units import length_factor
-from .contract import (DEFAULT_MIN_DISTANCE_ANGSTROM, EngineModel, edge_gradients_to_outputs, metadata_files,
+from ..nn.features import all_features_gradient, as_list, differentiable, from_list
+from ..schedule import ChunkedGradient, edge_ranges
+from .contract import (DEFAULT_MIN_DISTANCE_ANGSTROM, EngineModel, check_writable, engine_outputs, metadata_files,
                        save_engine_model)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -21,39 +24,69 @@ SINGLE_PASS_MEMORY = 2 * 1024 ** 3
 
 
 class EquiformerEngineModel(EngineModel):
-    """The contract's forward plus the layer-by-layer methods used for per-layer exchange.
+    """The contract's forward plus the per-layer methods for engines that exchange node
+    features between layers (docs/model-format.md, "Layer by layer").
 
-    Graphs with more than ``layerwise_edges`` edges take the model's chunked gradient
-    (`Equiformer.energies_and_gradient`): the same numbers with memory that grows with the
-    atoms only, for about one extra forward pass of the attention. -1: never.
+    Graphs with more than ``chunked_edges`` edges take the chunked memory schedule
+    (schedule.py): the same numbers with memory that grows with the atoms only, for about one
+    extra forward pass of the attention. -1: never.
     """
 
-    def __init__(self, model: Equiformer, layerwise_edges: int = -1):
+    chunked_edges: int
+
+    def __init__(self, model: Equiformer, chunked_edges: int = -1, edge_chunk: int = 2048):
         super().__init__(model)
-        self.layerwise_edges = int(layerwise_edges)
+        self.chunked_edges = int(chunked_edges)
+        self.schedule = ChunkedGradient(model, edge_chunk)
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
                 n_local: int) -> Dict[str, torch.Tensor]:
-        if self.layerwise_edges < 0 or edge_vectors.shape[0] <= self.layerwise_edges:
+        if self.chunked_edges < 0 or edge_vectors.shape[0] <= self.chunked_edges:
             return self.single_pass(species, edge_index, edge_vectors, n_local)
-        atom_energies, grad = self.model.energies_and_gradient(species, edge_index, edge_vectors, n_local)
-        out = edge_gradients_to_outputs(edge_index, edge_vectors, grad, species.shape[0])
-        out["energy"] = atom_energies[:n_local].sum()
-        out["atom_energies"] = atom_energies
-        return out
+        atom_energies, grad = self.schedule(species, edge_index, edge_vectors, n_local)
+        return engine_outputs(edge_index, edge_vectors, grad, atom_energies, n_local)
+
+    # Layer s: 0 = embedding, 1..num_layers = blocks, num_layers + 1 = readout (atom energies).
+    # Features: `edge_features`' list, computed once per evaluation.
+    @torch.jit.export
+    def edge_features(self, edge_vectors: torch.Tensor) -> List[torch.Tensor]:
+        return as_list(self.model.edge_features(edge_vectors.to(self.model.energy_dtype())))
 
     @torch.jit.export
-    def embed(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        return self.model.embed(species, edge_index, edge_vectors)
+    def layer(self, s: int, species: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
+              features: List[torch.Tensor]) -> torch.Tensor:
+        """Layer s on the whole graph (differentiable with respect to x and the features)."""
+        if s < 0 or s > self.model.num_layers + 1:
+            raise IndexError("layer index " + str(s) + " out of range 0.." + str(self.model.num_layers + 1))
+        f = from_list(features)
+        src, dst = edge_index[0], edge_index[1]
+        if s == 0:
+            return self.model.embed(species, dst, f)
+        for i, blk in enumerate(self.model.blocks):
+            if i == s - 1:
+                return blk(x, src, dst, f)
+        return self.model.readout(species, x, src, dst, f)
 
     @torch.jit.export
-    def block(self, k: int, x: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        return self.model.block(k, x, edge_index, edge_vectors)
+    def layer_by_chunks(self, s: int, species: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
+                        features: List[torch.Tensor]) -> torch.Tensor:
+        """Layer s without a graph, a chunk of centres at a time (large graphs)."""
+        return self.schedule.layer_by_chunks(s, species, x, edge_index, from_list(features))
 
     @torch.jit.export
-    def readout(self, species: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
-                edge_vectors: torch.Tensor) -> torch.Tensor:
-        return self.model.readout(species, x, edge_index, edge_vectors)
+    def layer_vjp(self, s: int, species: torch.Tensor, x: torch.Tensor, grad_out: torch.Tensor,
+                  edge_index: torch.Tensor, features: List[torch.Tensor]) -> List[torch.Tensor]:
+        """[d/dx, d/d(each feature)] of <grad_out, layer s>, recomputed a chunk at a time."""
+        f = from_list(features)
+        grad_x, grads = self.schedule.layer_vjp(s, species, x, grad_out, edge_index, f)
+        return [grad_x] + all_features_gradient(f, grads)
+
+    @torch.jit.export
+    def edge_features_vjp(self, edge_vectors: torch.Tensor, grad_features: List[torch.Tensor]) -> torch.Tensor:
+        """d/d(edge vectors) of <grad_features, edge_features>, a chunk of edges at a time."""
+        vec = edge_vectors.detach().to(self.model.energy_dtype())
+        grads = differentiable(from_list(grad_features))
+        return self.schedule.features_vjp(vec, grads, edge_ranges(vec.shape[0], self.schedule.edge_chunk))
 
 
 def metadata_of(model: Equiformer, dtype: torch.dtype, device: str,
@@ -84,25 +117,23 @@ def probe_inputs(model: Equiformer, dtype: torch.dtype, device: str):
     rng = np.random.default_rng(0)
     n = max(6, len(model.species_symbols) if len(model.species_symbols) <= 12 else 6)
     spacing = 0.45 * model.cutoff
-    pos = torch.tensor(rng.uniform(0, 2.0 * spacing, size=(n, 3)), dtype=torch.float64)
-    species = torch.arange(n) % len(model.species_symbols)
-    d = torch.cdist(pos, pos)
-    centre, neighbour = torch.nonzero((d < model.cutoff) & (d > 0), as_tuple=True)
-    edge_index = torch.stack([neighbour, centre])
-    vectors = (pos[neighbour] - pos[centre]).to(dtype)
-    return species.to(device), edge_index.to(device), vectors.to(device)
+    return _open_graph(model, rng.uniform(0, 2.0 * spacing, size=(n, 3)), dtype, device)
 
 
 def random_cluster(model: Equiformer, n: int, dtype: torch.dtype, device: str):
     """n atoms at condensed-matter density (about 30 neighbours within a 5 A cutoff)."""
     rng = np.random.default_rng(n)
     side = (n * 12.0) ** (1.0 / 3.0) * model.cutoff / 5.0
-    pos = torch.tensor(rng.uniform(0, side, size=(n, 3)), dtype=torch.float64)
-    d = torch.cdist(pos, pos)
-    centre, neighbour = torch.nonzero((d < model.cutoff) & (d > 0), as_tuple=True)
-    species = torch.arange(n) % len(model.species_symbols)
-    vectors = (pos[neighbour] - pos[centre]).to(dtype)
-    return species.to(device), torch.stack([neighbour, centre]).to(device), vectors.to(device)
+    return _open_graph(model, rng.uniform(0, side, size=(n, 3)), dtype, device)
+
+
+def _open_graph(model: Equiformer, positions: np.ndarray, dtype: torch.dtype, device: str):
+    """(species, edge_index, edge vectors) of atoms at `positions` with open boundaries, the
+    species in turn."""
+    edge_index, _, _ = neighbor_list(positions, model.cutoff)
+    vectors = torch.from_numpy(positions[edge_index[0]] - positions[edge_index[1]]).to(dtype)
+    species = torch.arange(len(positions)) % len(model.species_symbols)
+    return species.to(device), torch.from_numpy(edge_index).to(device), vectors.to(device)
 
 
 def graph_bytes_per_edge(model: Equiformer, dtype: torch.dtype, device: str) -> float:
@@ -125,13 +156,19 @@ def graph_bytes_per_edge(model: Equiformer, dtype: torch.dtype, device: str) -> 
 
 
 def export_model(model: Equiformer, path: str, dtype: str = "float64", device: str = "cpu",
-                 layerwise_edges: Optional[int] = None, min_distance: Optional[float] = None) -> Dict[str, str]:
+                 chunked_edges: Optional[int] = None, min_distance: Optional[float] = None, edge_chunk: int = 2048,
+                 layerwise_edges: Optional[int] = None) -> Dict[str, str]:
     """Script, check against eager on a probe structure, and write atomically. Returns the metadata.
 
-    ``layerwise_edges``: graphs with more edges take the chunked route (see
-    EquiformerEngineModel); default: where one autograd pass would keep more than
-    SINGLE_PASS_MEMORY bytes; -1: never. ``min_distance`` (Angstrom): engines warn once per
-    run when two atoms come closer (default 0.5)."""
+    ``chunked_edges``: graphs with more edges take the chunked memory schedule (see
+    EquiformerEngineModel; ``layerwise_edges`` is its former name); default: where one autograd
+    pass would keep more than SINGLE_PASS_MEMORY bytes; -1: never. ``edge_chunk``: edges per
+    chunk. ``min_distance`` (Angstrom): engines warn once per run when two atoms come closer
+    (default 0.5)."""
+    if layerwise_edges is not None:
+        if chunked_edges is not None:
+            raise ValueError("give chunked_edges only; layerwise_edges is its former name")
+        chunked_edges = layerwise_edges
     if dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; choose float32 or float64")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -140,15 +177,16 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
         raise ValueError(f"min_distance must be a distance >= 0 (Angstrom), got {min_distance}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device on this machine; use --device cpu")
+    check_writable(path)
     torch_dtype = DTYPES[dtype]
     model = clone_model(model).to(device=device, dtype=torch_dtype).eval()  # the caller's model is not changed
     # inference needs gradients with respect to edge vectors only: frozen weights let autograd
     # keep far fewer intermediates (about 3x less peak memory for an energy+forces call)
     for p in model.parameters():
         p.requires_grad_(False)
-    if layerwise_edges is None:
-        layerwise_edges = int(SINGLE_PASS_MEMORY / graph_bytes_per_edge(model, torch_dtype, device))
-    engine = EquiformerEngineModel(model)
+    if chunked_edges is None:
+        chunked_edges = int(SINGLE_PASS_MEMORY / graph_bytes_per_edge(model, torch_dtype, device))
+    engine = EquiformerEngineModel(model, -1, edge_chunk)
     scripted = torch.jit.script(engine)
     species, edge_index, vectors = probe_inputs(model, torch_dtype, device)
     n = int(species.shape[0])
@@ -156,19 +194,18 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
     tol = PROBE_TOLERANCE[torch_dtype]
     # both routes of the scripted forward must reproduce the eager model (the chunked one with
     # several chunks)
-    chunk = scripted.model.edge_chunk
     for route, threshold in (("single-pass", -1), ("chunked", 0)):
-        scripted.layerwise_edges = threshold
-        scripted.model.edge_chunk = max(1, int(edge_index.shape[1]) // 3)
+        scripted.chunked_edges = threshold
+        scripted.schedule.edge_chunk = max(1, int(edge_index.shape[1]) // 3)
         got = scripted(species, edge_index, vectors, n)
-        scripted.model.edge_chunk = chunk
+        scripted.schedule.edge_chunk = edge_chunk
         for key in ("energy", "forces", "virial"):
             scale = max(1.0, float(ref[key].abs().max()))
             err = float((ref[key] - got[key]).abs().max())
             if not err <= tol * scale:
                 raise RuntimeError(f"the scripted model's {key} ({route}) differs from the eager model's by {err:.3g} "
                                    f"(tolerance {tol * scale:.3g}); nothing was written")
-    scripted.layerwise_edges = int(layerwise_edges)
+    scripted.chunked_edges = int(chunked_edges)
     metadata = metadata_of(model, torch_dtype, device, min_distance)
     save_engine_model(scripted, path, metadata)
     return metadata_files(metadata)

@@ -6,6 +6,7 @@ import torch
 
 from .activation import ScaledSiLU
 from .attention import GraphAttention
+from .features import EdgeFeatures
 from .irreps import Block
 from .linear import IrrepsLinear
 from .norm import layer_norm
@@ -31,8 +32,10 @@ class EnergyHead(torch.nn.Module):
                 IrrepsLinear(irreps_feature, irreps_feature), ScaledSiLU(), IrrepsLinear(irreps_feature, [(1, 0, 1)])
             )
 
-    def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, edge_sh: torch.Tensor,
-                edge_basis: torch.Tensor, edge_weight: torch.Tensor, frames: List[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor,
+                features: EdgeFeatures) -> torch.Tensor:
+        """One scalar per atom; an MLP head uses no edge (any may be given)."""
         if self.attention:
-            return self.head(self.norm(x), edge_src, edge_dst, edge_sh, edge_basis, edge_weight, frames).squeeze(-1)
+            sh, basis, weight, frames = features
+            return self.head(self.norm(x), edge_src, edge_dst, sh, basis, weight, frames).squeeze(-1)
         return self.head(self.norm(x)).squeeze(-1)

@@ -1,7 +1,5 @@
 """Sums and softmax over the incoming edges of each centre atom, with core torch ops only."""
 
-from typing import List, Tuple
-
 import torch
 
 
@@ -37,40 +35,3 @@ def weighted_softmax(logits: torch.Tensor, weights: torch.Tensor, index: torch.T
     if envelope:
         alpha = alpha * weights.unsqueeze(1)
     return alpha
-
-
-# Evaluation a chunk of whole centre atoms at a time (edges sorted by centre):
-# (node boundaries, edge boundaries), chunk c = centres nodes[c]:nodes[c+1], edges edges[c]:edges[c+1]
-Chunks = Tuple[List[int], List[int]]
-# per-edge inputs of the layers: (harmonics, radial basis, cutoff weight, frame rotations per degree)
-EdgeFeatures = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[torch.Tensor]]
-
-
-def centre_chunks(edge_dst: torch.Tensor, num_nodes: int, chunk_edges: int) -> Chunks:
-    """Chunks of consecutive centres with about ``chunk_edges`` edges each (more only where
-    one centre has more); ``edge_dst`` sorted."""
-    if chunk_edges < 1:
-        raise ValueError("edge_chunk must be a positive number of edges per chunk, got " + str(chunk_edges)
-                         + "; set model.edge_chunk to e.g. 2048")
-    ends = torch.cumsum(torch.bincount(edge_dst, minlength=num_nodes), 0)
-    num_chunks = max(1, (edge_dst.shape[0] + chunk_edges - 1) // chunk_edges)
-    targets = torch.arange(1, num_chunks, device=edge_dst.device) * chunk_edges
-    cuts = torch.searchsorted(ends, targets, right=True)
-    zero = torch.zeros(1, dtype=cuts.dtype, device=cuts.device)
-    nodes = torch.unique_consecutive(torch.cat([zero, cuts, zero + num_nodes]))
-    edges = torch.cat([zero, ends[nodes[1:] - 1]]) if num_nodes > 0 else zero.repeat(2)
-    node_list: List[int] = nodes.tolist()
-    edge_list: List[int] = edges.tolist()
-    return node_list, edge_list
-
-
-def slice_features(features: EdgeFeatures, start: int, end: int) -> EdgeFeatures:
-    sh, basis, weight, frames = features
-    return sh[start:end], basis[start:end], weight[start:end], [f[start:end] for f in frames]
-
-
-def feature_list(features: EdgeFeatures) -> List[torch.Tensor]:
-    """The differentiable edge features as one list: sh, basis, weight, frames[1:]
-    (frames[0], the identity of degree 0, is a constant)."""
-    sh, basis, weight, frames = features
-    return [sh, basis, weight] + frames[1:]

@@ -4,9 +4,11 @@
   (neighbor search inside TorchScript; runs on every openmm-torch platform).
 - `create_python_force(model, topology, atoms=None, ...)`: an `openmm.PythonForce`
   (vesin neighbor list, model called from Python).
+- `create_native_force(model, topology, atoms=None, ...)`: the C++ plugin's `EquiformerForce`
+  (cell list and model in C++, docs/openmm-plugin.md).
 - `load_torch_force(path)`: a TorchForce from a module saved with `save_path=`.
-- openmm-ml: ``MLPotential("equiformer", modelPath="MODEL.pt")`` (entry point
-  ``openmmml.potentials``, `equiformer.openmm.mlpotential`).
+- openmm-ml: ``MLPotential("equiformer", modelPath="MODEL.pt", implementation=...)`` (entry
+  point ``openmmml.potentials``, `equiformer.openmm.mlpotential`).
 
 Attributes are imported lazily so that importing this package (which openmm-ml does for
 every registered potential) stays cheap.
@@ -27,11 +29,13 @@ _EXPORTS = {
     "EquiformerOpenMMModule": "equiformer.openmm.torchforce",
     "create_python_force": "equiformer.openmm.pythonforce",
     "EquiformerComputation": "equiformer.openmm.pythonforce",
+    # the native route: the C++ plugin library is loaded into OpenMM when first used
+    "EquiformerForce": "equiformer.openmm.native",
+    "create_native_force": "equiformer.openmm.native",
+    "load_plugin": "equiformer.openmm.native",
     "prepare": "equiformer.openmm.common",
     "ModelSetup": "equiformer.openmm.common",
     "check_box": "equiformer.openmm.common",
-    "ENERGY_TO_KJ_PER_MOL": "equiformer.openmm.common",
-    "NM_TO_MODEL_LENGTH": "equiformer.openmm.common",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -42,12 +46,3 @@ def __getattr__(name):
         import importlib
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'equiformer.openmm' has no attribute {name!r}")
-
-# Native route: the C++ plugin EquiformerForce (openmm_plugin/, docs/openmm-plugin.md).
-# `from equiformer.openmm import EquiformerForce` loads the plugin library into OpenMM.
-_EXPORTS.update({
-    "EquiformerForce": "equiformer.openmm.native",
-    "create_native_force": "equiformer.openmm.native",
-    "load_plugin": "equiformer.openmm.native",
-})
-__all__ = sorted(_EXPORTS)

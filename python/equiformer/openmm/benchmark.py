@@ -4,10 +4,10 @@
 
 Builds a random periodic cubic box of the model's species at `--density` atoms per nm^3,
 and times (median over `--steps` calls / steps, after warm-up):
-  bare model     the exported model's forward on a precomputed vesin neighbor list;
+  bare model     the exported model's forward on a precomputed neighbor list;
   torch module   the TorchForce module called from Python (TorchScript neighbor list + model);
   torchforce     one VerletIntegrator step of a Context with the TorchForce;
-  pythonforce    one step with the PythonForce (vesin + model from Python).
+  pythonforce    one step with the PythonForce (vesin neighbor list + model from Python).
   native         one step with the native plugin EquiformerForce (C++ cell list + runtime),
                  when the plugin is built (scripts/build_cpp.sh); --routes picks routes.
 """
@@ -43,15 +43,15 @@ def main(argv=None):
 
     import torch
     import openmm
-    import vesin
-    from equiformer.openmm.common import prepare, load_model_metadata
+    from equiformer.data.neighbors import neighbor_list
+    from equiformer.model_info import ModelInfo
+    from equiformer.openmm.common import prepare
     from equiformer.openmm.torchforce import build_module, create_torch_force
     from equiformer.openmm.pythonforce import create_python_force
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    meta = load_model_metadata(args.model)
-    species = meta["species_symbols"]
+    species = ModelInfo.read(args.model).species_symbols
     rng = np.random.default_rng(0)
     length = (args.atoms / args.density) ** (1.0 / 3.0)
     box = np.eye(3) * length
@@ -62,10 +62,10 @@ def main(argv=None):
           f"torch threads {torch.get_num_threads()}")
 
     model = torch.jit.load(args.model, map_location="cpu")
-    i, j, d = vesin.NeighborList(cutoff=setup.cutoff, full_list=True).compute(
-        pos * setup.nm_to_model, box * setup.nm_to_model, True, "ijD")
-    edge_index = torch.tensor(np.stack([j, i]).astype(np.int64))
-    edge_vectors = torch.tensor(d).to(setup.torch_dtype)
+    points = pos * setup.nm_to_model
+    ei, shifts, _ = neighbor_list(points, setup.info.cutoff, box * setup.nm_to_model, True)
+    edge_index = torch.from_numpy(ei)
+    edge_vectors = torch.tensor(points[ei[0]] - points[ei[1]] + shifts).to(setup.torch_dtype)
     species_t = torch.tensor(setup.species)
     print(f"  edges: {edge_index.shape[1]} ({edge_index.shape[1] / args.atoms:.1f} per atom)")
     results = {"bare model": _median_ms(lambda: model(species_t, edge_index, edge_vectors, args.atoms), args.steps)}

@@ -1,30 +1,27 @@
-"""Shared unit / species layer of the OpenMM routes.
+"""Shared species / unit layer of the OpenMM routes.
 
-Everything both routes (TorchForce and PythonForce) need to know about an exported model
-and the atoms it is applied to, resolved once in Python *before* a Context exists, so that
-bad input fails here with a clear message and never in the middle of a simulation:
+Everything the routes (TorchForce, PythonForce, the native plugin) need to know about an
+exported model and the atoms it is applied to, resolved once in Python *before* a Context
+exists, so that bad input fails here with a clear message and never in the middle of a
+simulation:
 
-- the model's metadata (read and validated by `equiformer.export.contract.read_metadata`);
+- the model's metadata (`equiformer.model_info.ModelInfo`, read and checked once);
 - the species index of every ML atom (matched by atomic number against the model's
   `atomic_numbers`), for a whole `Topology` or an `atoms` subset of it (ML/MM);
-- unit conversions: OpenMM works in nm and kJ/mol, the model in its `length_unit` and
-  `energy_unit`;
+- unit conversions (`equiformer.units`): OpenMM works in nm and kJ/mol, the model in its
+  `length_unit` and `energy_unit`;
 - the model dtype and the requested precision;
-- the periodic box, checked against the cutoff.
+- the periodic box, checked against the cutoff (`equiformer.data.neighbors.check_box`).
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
 
-from equiformer.export.contract import min_distance_of, read_metadata
-
-#: kJ/mol per unit of model energy
-ENERGY_TO_KJ_PER_MOL = {"eV": 96.48533212331002, "kcal/mol": 4.184, "kJ/mol": 1.0}
-#: model length units per nm
-NM_TO_MODEL_LENGTH = {"Angstrom": 10.0, "nm": 1.0}
+from equiformer.data import neighbors
+from equiformer.model_info import ModelInfo
 
 _PRECISIONS = {
     None: None, "model": None,
@@ -41,28 +38,21 @@ class ModelSetup:
     implementation can carry it around.
     """
 
-    model_path: str
-    species_symbols: List[str]
-    atomic_numbers: List[int]
-    cutoff: float                 # model length unit
-    length_unit: str
-    energy_unit: str
+    info: ModelInfo
+    model_path: str               # absolute: where the model was found when the force was made
     dtype: str                    # 'float32' | 'float64'
-    energy_offset: float          # model energy unit, added once per system
     num_particles: int            # particles of the whole OpenMM System
     atoms: Optional[List[int]]    # ML atoms (indices into the System); None = all
     species: List[int]            # species index of every ML atom, in `atoms` order
     periodic: bool
-    min_distance: float = 0.0     # model length unit: closer atoms are warned about (once)
-    metadata: dict = field(default_factory=dict, repr=False)
 
     @property
     def nm_to_model(self) -> float:
-        return NM_TO_MODEL_LENGTH[self.length_unit]
+        return self.info.length_from("nm")
 
     @property
     def energy_to_kj(self) -> float:
-        return ENERGY_TO_KJ_PER_MOL[self.energy_unit]
+        return self.info.energy_to("kJ/mol")
 
     @property
     def force_to_kj_nm(self) -> float:
@@ -71,7 +61,7 @@ class ModelSetup:
 
     @property
     def cutoff_nm(self) -> float:
-        return self.cutoff / self.nm_to_model
+        return self.info.cutoff / self.nm_to_model
 
     @property
     def num_ml_atoms(self) -> int:
@@ -80,7 +70,7 @@ class ModelSetup:
     @property
     def torch_dtype(self):
         import torch
-        return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
+        return getattr(torch, self.dtype)
 
 
 def resolve_precision(precision: Optional[str], model_dtype: str, model_path: str = "") -> str:
@@ -99,36 +89,6 @@ def resolve_precision(precision: Optional[str], model_dtype: str, model_path: st
             f"({have} precision); use precision=None or {have!r}, or re-export the model in {wanted}"
         )
     return model_dtype
-
-
-def load_model_metadata(model_path: str) -> dict:
-    """Validated metadata of an exported model, with numbers parsed."""
-    if model_path is None:
-        raise ValueError("no model given: pass the path of an exported model (equiformer-export CKPT MODEL.pt)")
-    model_path = os.fspath(model_path)
-    files = read_metadata(model_path)  # clear errors for missing / non-exported files
-    try:
-        meta = dict(files)
-        meta["cutoff"] = float(files["cutoff"])
-        meta["species_symbols"] = files["species_symbols"].split()
-        meta["atomic_numbers"] = [int(z) for z in files["atomic_numbers"].split()]
-        meta["energy_offset"] = float(files["energy_offset"] or 0.0)
-        meta["min_distance"] = min_distance_of(files)
-    except ValueError as exc:
-        raise ValueError(f"{model_path}: malformed metadata ({exc})") from None
-    if meta["length_unit"] not in NM_TO_MODEL_LENGTH:
-        raise ValueError(f"{model_path}: unsupported length_unit {meta['length_unit']!r} "
-                         f"(supported: {', '.join(NM_TO_MODEL_LENGTH)})")
-    if meta["energy_unit"] not in ENERGY_TO_KJ_PER_MOL:
-        raise ValueError(f"{model_path}: unsupported energy_unit {meta['energy_unit']!r} "
-                         f"(supported: {', '.join(ENERGY_TO_KJ_PER_MOL)})")
-    if meta["dtype"] not in ("float32", "float64"):
-        raise ValueError(f"{model_path}: unsupported dtype {meta['dtype']!r}")
-    if len(meta["species_symbols"]) != len(meta["atomic_numbers"]):
-        raise ValueError(f"{model_path}: species_symbols and atomic_numbers differ in length")
-    if not meta["cutoff"] > 0.0:
-        raise ValueError(f"{model_path}: cutoff must be positive, got {meta['cutoff']}")
-    return meta
 
 
 def _atom_descriptions(topology_or_elements):
@@ -163,30 +123,12 @@ def _atom_descriptions(topology_or_elements):
     return out
 
 
-def box_heights(box) -> np.ndarray:
-    """Perpendicular widths of the periodic cell spanned by the rows of `box`."""
-    box = np.asarray(box, dtype=np.float64)
-    volume = abs(np.linalg.det(box))
-    cross = np.cross(box[[1, 2, 0]], box[[2, 0, 1]])
-    return volume / np.linalg.norm(cross, axis=1)
-
-
 def check_box(box_nm, cutoff_nm: float) -> None:
-    """Refuse periodic boxes the neighbor searches do not support: every perpendicular width
-    of the cell must be at least the cutoff (the cell list looks one cell, at least one cutoff
-    thick, in each direction). Images of an atom closer than the cutoff (including its own)
-    are then all found, so widths between 1 and 2 cutoffs are fine."""
-    box = np.asarray(_strip_unit(box_nm, "nanometer"), dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(box)) or abs(np.linalg.det(box)) <= 0.0:
-        raise ValueError(f"invalid periodic box vectors {box.tolist()} (nm)")
-    heights = box_heights(box)
-    if heights.min() < cutoff_nm:
-        k = int(np.argmin(heights))
-        raise ValueError(
-            f"periodic box too small for the model: its width across box vector {'abc'[k]} is "
-            f"{heights[k]:.6g} nm, smaller than the model cutoff {cutoff_nm:.6g} nm; every width of the box "
-            f"must be >= the cutoff (use a larger box / more replicas)"
-        )
+    """Refuse a periodic box (nm, or an OpenMM Quantity) narrower than the cutoff (nm) across
+    one of its vectors: `equiformer.data.neighbors.check_box`, the check of every route.
+    Images of an atom closer than the cutoff are then all found, so widths between 1 and 2
+    cutoffs are fine."""
+    neighbors.check_box(_strip_unit(box_nm, "nanometer"), cutoff_nm, "nm")
 
 
 def _strip_unit(value, unit_name: str):
@@ -211,8 +153,8 @@ def prepare(model_path: str, topology_or_elements, atoms: Optional[Sequence[int]
         topology's box.
     precision: None (model dtype), 'single' or 'double'; must match the model's dtype.
     """
-    meta = load_model_metadata(model_path)
-    dtype = resolve_precision(precision, meta["dtype"], model_path)
+    info = ModelInfo.read(model_path)
+    dtype = resolve_precision(precision, info.dtype, model_path)
     described = _atom_descriptions(topology_or_elements)
     num_particles = len(described)
     if atoms is not None:
@@ -229,44 +171,16 @@ def prepare(model_path: str, topology_or_elements, atoms: Optional[Sequence[int]
     indices = range(num_particles) if atoms is None else atoms
     if num_particles == 0:
         raise ValueError("the topology has no atoms")
-    z_to_species = {z: k for k, z in enumerate(meta["atomic_numbers"])}
-    species, missing = [], []
-    for a in indices:
-        z, desc = described[a]
-        if z is None:
-            missing.append(f"{desc}: no element")
-        elif z not in z_to_species:
-            missing.append(f"{desc}: atomic number {z}")
-        else:
-            species.append(z_to_species[z])
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ValueError(
-            f"the model {model_path} only knows the elements {' '.join(meta['species_symbols'])}; "
-            f"it cannot handle {'; '.join(missing[:5])}{more}"
-        )
+    species = info.species_of_elements([described[a] for a in indices])
     if box_vectors is None and hasattr(topology_or_elements, "getPeriodicBoxVectors"):
         box_vectors = topology_or_elements.getPeriodicBoxVectors()
     if periodic is None:
         periodic = box_vectors is not None
+    setup = ModelSetup(info=info, model_path=os.path.abspath(info.path), dtype=dtype, num_particles=num_particles,
+                       atoms=atoms, species=species, periodic=bool(periodic))
     if periodic and box_vectors is not None:
-        check_box(box_vectors, meta["cutoff"] / NM_TO_MODEL_LENGTH[meta["length_unit"]])
-    return ModelSetup(
-        model_path=os.path.abspath(os.fspath(model_path)),
-        species_symbols=meta["species_symbols"],
-        atomic_numbers=meta["atomic_numbers"],
-        cutoff=meta["cutoff"],
-        length_unit=meta["length_unit"],
-        energy_unit=meta["energy_unit"],
-        dtype=dtype,
-        energy_offset=meta["energy_offset"],
-        num_particles=num_particles,
-        atoms=atoms,
-        species=species,
-        periodic=bool(periodic),
-        min_distance=meta["min_distance"],
-        metadata={k: v for k, v in meta.items() if isinstance(v, (str, float, int, list))},
-    )
+        check_box(box_vectors, setup.cutoff_nm)
+    return setup
 
 
 def import_openmmtorch():

@@ -8,22 +8,27 @@ list + the shared C++ runtime over libtorch); Python is not involved during a st
     force = EquiformerForce("MODEL.pt", [8, 1, 1])                # the plain API class
     system.addForce(force)
 
-`EquiformerForce` is a genuine `openmm.Force`: the object is created by OpenMM's own
-`XmlSerializer` (through the plugin's serialization proxy) and its settings are read and
-changed through a small C interface of the plugin (ctypes), so no compiled Python binding
-(SWIG) is needed.
+`EquiformerForce` is a genuine `openmm.Force`. OpenMM's Python layer (SWIG) only makes
+Python objects for C++ classes compiled into a SWIG module, and the plugin has none (one would
+need SWIG and a compiled extension per Python version at build time). So the object is made
+the one way OpenMM's Python API allows for a class it does not know: `XmlSerializer`, through
+the plugin's serialization proxy. Its settings are read from the same XML; changing them in
+place (the force may already belong to a System) needs one C function of the plugin,
+``equiformer_openmm_assign`` (`EquiformerCApi.cpp`), called with ctypes.
 
 The plugin library is looked for, in this order, in ``$EQUIFORMER_OPENMM_PLUGIN`` (the file or
-its folder), in ``<repo>/build/openmm_plugin/plugins`` (``scripts/build_cpp.sh``), in
+its folder), in ``lib/openmm`` of this package (``pip install .``), in
+``<repo>/build/openmm_plugin/plugins`` (``scripts/build_cpp.sh``), in
 ``$BUILD_DIR/openmm_plugin/plugins`` and in OpenMM's plugin folder (``cmake --install build
---component openmm_plugin``); a copy OpenMM already loaded is used as it is.
+--component openmm_plugin``); a copy OpenMM already loaded is used as it is. A library built
+for another torch or OpenMM (its ``libEquiformerOpenMM.json``) is refused before loading.
 """
 
 import ctypes
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional, Sequence
-from xml.sax.saxutils import quoteattr
 
 import torch  # noqa: F401  (libtorch first: see common.import_openmmtorch)
 import openmm
@@ -32,7 +37,11 @@ from equiformer.openmm.common import _atom_descriptions, prepare
 
 LIBRARY_NAME = "libEquiformerOpenMM.so"
 KERNEL_NAME = "CalcEquiformerForce"
-_ABI_VERSION = 1
+_ABI_VERSION = 2
+# the plugin's XML (serialization/src/EquiformerForceProxy.cpp): settings are attributes of
+# the Force element, lists are child elements
+XML_VERSION = 1
+XML_LISTS = {"atomicNumbers": ("AtomicNumbers", "Atom", "z"), "particles": ("Particles", "Particle", "index")}
 
 _lib = None
 _lib_path = None
@@ -57,13 +66,32 @@ def plugin_candidates():
     if env:
         p = Path(env)
         out.append(p / LIBRARY_NAME if p.is_dir() else p)
-    repo = Path(__file__).resolve().parents[3]
+    package = Path(__file__).resolve().parents[1]
+    out.append(package / "lib" / "openmm" / LIBRARY_NAME)  # installed with the package
+    repo = package.parents[1]
     out.append(repo / "build" / "openmm_plugin" / "plugins" / LIBRARY_NAME)
     if os.environ.get("BUILD_DIR"):
         out.append(Path(os.environ["BUILD_DIR"]) / "openmm_plugin" / "plugins" / LIBRARY_NAME)
     import openmm.version
     out.append(Path(openmm.version.openmm_library_path) / "plugins" / LIBRARY_NAME)
     return out
+
+
+def _check_versions(library: str) -> None:
+    """Refuse a library built for another torch or OpenMM: loading it would fail on missing
+    symbols or crash later. Its versions are in the JSON file CMake wrote beside it."""
+    import openmm.version
+
+    from equiformer import build_info
+
+    info = build_info.of_library(library)
+    if info is None:  # e.g. copied into OpenMM's plugin folder without it: nothing to compare
+        return
+    here = {"torch": str(torch.__version__), "openmm": openmm.version.short_version}
+    wrong = build_info.mismatches(info, here)
+    if wrong:
+        raise ImportError(f"{library} does not match this environment ({'; '.join(wrong)}); "
+                          f"{build_info.REINSTALL}")
 
 
 def load_plugin(path=None) -> str:
@@ -82,8 +110,11 @@ def load_plugin(path=None) -> str:
         if not found:
             raise ImportError(
                 "the native OpenMM plugin (" + LIBRARY_NAME + ") was not found; build it with scripts/build_cpp.sh "
-                "or point EQUIFORMER_OPENMM_PLUGIN at it. Looked in: " + ", ".join(str(c) for c in candidates))
+                "(source checkout), or install equiformer where openmm is installed (pip install "
+                "--no-build-isolation ...), or point EQUIFORMER_OPENMM_PLUGIN at it. Looked in: "
+                + ", ".join(str(c) for c in candidates))
         library = str(found[0].resolve())
+        _check_versions(library)
         try:
             openmm.Platform.loadPluginLibrary(library)
         except Exception as exc:
@@ -92,23 +123,9 @@ def load_plugin(path=None) -> str:
     if lib.equiformer_openmm_abi_version() != _ABI_VERSION:
         raise ImportError(f"{library} has C interface version {lib.equiformer_openmm_abi_version()}, "
                           f"this module expects {_ABI_VERSION}; rebuild with scripts/build_cpp.sh")
-    vp, cp, ip = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
-    lib.equiformer_openmm_last_error.restype = cp
-    lib.equiformer_openmm_is_force.argtypes = [vp]
-    lib.equiformer_openmm_get_string.argtypes = [vp, cp, cp, ip]
-    lib.equiformer_openmm_set_string.argtypes = [vp, cp, cp]
-    lib.equiformer_openmm_get_ints.argtypes = [vp, cp, ctypes.POINTER(ip), ip]
-    lib.equiformer_openmm_set_ints.argtypes = [vp, cp, ctypes.POINTER(ip), ip]
-    lib.equiformer_openmm_get_int.argtypes = [vp, cp, ctypes.POINTER(ip)]
-    lib.equiformer_openmm_set_int.argtypes = [vp, cp, ip]
+    lib.equiformer_openmm_assign.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     _lib, _lib_path = lib, library
     return library
-
-
-def _check(rc: int) -> int:
-    if rc < 0:
-        raise openmm.OpenMMException(_lib.equiformer_openmm_last_error().decode())
-    return rc
 
 
 def _atomic_numbers(elements, particles):
@@ -124,6 +141,32 @@ def _atomic_numbers(elements, particles):
     if missing:
         raise ValueError(f"no element for {', '.join(missing[:5])}")
     return [int(z) for z, _ in described]
+
+
+def _xml_of(force: openmm.Force) -> ET.Element:
+    """The XML element OpenMM's serializer writes for ``force``."""
+    return ET.fromstring(openmm.XmlSerializer.serialize(force))
+
+
+def _edited(element: ET.Element, settings: dict) -> ET.Element:
+    """``element`` with ``settings`` (Python values, names as in XML_LISTS or attributes)."""
+    for key, value in settings.items():
+        if key in XML_LISTS:
+            tag, item, attribute = XML_LISTS[key]
+            for old in element.findall(tag):
+                element.remove(old)
+            node = ET.SubElement(element, tag)
+            for v in value:
+                ET.SubElement(node, item, {attribute: str(int(v))})
+        else:
+            element.set(key, str(int(value)) if isinstance(value, bool) else str(value))
+    return element
+
+
+def _precision_key(precision: Optional[str]) -> str:
+    """The plugin's precision setting ("", "single", "double") for the Python spellings."""
+    key = {None: "", "model": "", "float32": "single", "float": "single", "float64": "double"}.get(precision, precision)
+    return key.lower() if isinstance(key, str) else key
 
 
 class EquiformerForce(openmm.Force):
@@ -151,102 +194,80 @@ class EquiformerForce(openmm.Force):
         if periodic is None:
             periodic = getattr(atomicNumbers, "getPeriodicBoxVectors", lambda: None)() is not None
         particles = [] if particles is None else [int(p) for p in particles]
-        numbers = _atomic_numbers(atomicNumbers, particles)
-        xml = ('<?xml version="1.0" ?>\n<Force type="EquiformerForce" version="1" modelFile=%s/>'
-               % quoteattr(os.fspath(modelFile)))
-        created = openmm.XmlSerializer.deserialize(xml)
+        element = ET.Element("Force", {"type": "EquiformerForce", "version": str(XML_VERSION)})
+        _edited(element, {"modelFile": os.fspath(modelFile), "atomicNumbers": _atomic_numbers(atomicNumbers, particles),
+                          "particles": particles, "usesPeriodic": bool(periodic),
+                          "precision": _precision_key(precision), "device": device, "numThreads": numThreads or 0})
+        created = openmm.XmlSerializer.deserialize(ET.tostring(element, encoding="unicode"))
         self.this = created.this  # share the C++ object (and its ownership flag)
-        self.setAtomicNumbers(numbers)
-        self.setParticles(particles)
-        self.setUsesPeriodicBoundaryConditions(bool(periodic))
-        self.setPrecision(precision)
-        self.setDevice(device)
-        self.setNumThreads(numThreads)
 
     @classmethod
     def cast(cls, force: openmm.Force) -> "EquiformerForce":
         """The EquiformerForce view of a generic `openmm.Force` (e.g. ``system.getForce(i)``,
         which OpenMM's Python layer returns as a plain Force). Keep the System alive."""
         load_plugin()
-        if not _lib.equiformer_openmm_is_force(ctypes.c_void_p(int(force.this))):
+        try:
+            kind = _xml_of(force).get("type")
+        except Exception:  # a force OpenMM cannot serialize is no EquiformerForce either
+            kind = None
+        if kind != "EquiformerForce":
             raise TypeError(f"{force!r} is not an EquiformerForce")
         view = cls.__new__(cls)
         view.this = force.this
         return view
 
-    # -- settings -------------------------------------------------------------------------
-    def _ptr(self):
-        return ctypes.c_void_p(int(self.this))
+    # -- settings: read from the force's XML, changed by assigning a force made from edited XML
+    def _get(self, key):
+        element = _xml_of(self)
+        if key in XML_LISTS:
+            tag, _, attribute = XML_LISTS[key]
+            return [int(item.get(attribute)) for node in element.findall(tag) for item in node]
+        return element.get(key)
 
-    def _get_string(self, key):
-        n = _check(_lib.equiformer_openmm_get_string(self._ptr(), key.encode(), None, 0))
-        buf = ctypes.create_string_buffer(n + 1)
-        _check(_lib.equiformer_openmm_get_string(self._ptr(), key.encode(), buf, n + 1))
-        return buf.value.decode()
-
-    def _set_string(self, key, value):
-        _check(_lib.equiformer_openmm_set_string(self._ptr(), key.encode(), str(value).encode()))
-
-    def _get_ints(self, key):
-        n = _check(_lib.equiformer_openmm_get_ints(self._ptr(), key.encode(), None, 0))
-        buf = (ctypes.c_int * max(n, 1))()
-        _check(_lib.equiformer_openmm_get_ints(self._ptr(), key.encode(), buf, n))
-        return list(buf[:n])
-
-    def _set_ints(self, key, values):
-        values = [int(v) for v in values]
-        buf = (ctypes.c_int * max(len(values), 1))(*values)
-        _check(_lib.equiformer_openmm_set_ints(self._ptr(), key.encode(), buf, len(values)))
-
-    def _get_int(self, key):
-        out = ctypes.c_int()
-        _check(_lib.equiformer_openmm_get_int(self._ptr(), key.encode(), ctypes.byref(out)))
-        return out.value
-
-    def _set_int(self, key, value):
-        _check(_lib.equiformer_openmm_set_int(self._ptr(), key.encode(), int(value)))
+    def _set(self, **settings):
+        changed = openmm.XmlSerializer.deserialize(ET.tostring(_edited(_xml_of(self), settings), encoding="unicode"))
+        if _lib.equiformer_openmm_assign(ctypes.c_void_p(int(self.this)), ctypes.c_void_p(int(changed.this))) != 0:
+            raise TypeError(f"{self!r} is not an EquiformerForce")
 
     def getModelFile(self) -> str:
-        return self._get_string("modelFile")
+        return self._get("modelFile")
 
     def setModelFile(self, path):
-        self._set_string("modelFile", os.fspath(path))
+        self._set(modelFile=os.fspath(path))
 
     def getAtomicNumbers(self):
-        return self._get_ints("atomicNumbers")
+        return self._get("atomicNumbers")
 
     def setAtomicNumbers(self, numbers):
-        self._set_ints("atomicNumbers", numbers)
+        self._set(atomicNumbers=numbers)
 
     def getParticles(self):
         """ML particles (System indices); empty = all particles."""
-        return self._get_ints("particles")
+        return self._get("particles")
 
     def setParticles(self, particles):
-        self._set_ints("particles", [] if particles is None else particles)
+        self._set(particles=[] if particles is None else particles)
 
     def setUsesPeriodicBoundaryConditions(self, periodic: bool):
-        self._set_int("usesPeriodic", bool(periodic))
+        self._set(usesPeriodic=bool(periodic))
 
     def getPrecision(self) -> Optional[str]:
-        return self._get_string("precision") or None
+        return self._get("precision") or None
 
     def setPrecision(self, precision: Optional[str]):
-        key = {None: "", "model": "", "float32": "single", "float": "single",
-               "float64": "double"}.get(precision, precision)
-        self._set_string("precision", key.lower() if isinstance(key, str) else key)
+        self._set(precision=_precision_key(precision))
 
     def getDevice(self) -> str:
-        return self._get_string("device")
+        return self._get("device")
 
     def setDevice(self, device: str):
-        self._set_string("device", device)
+        self._set(device=device)
 
     def getNumThreads(self) -> int:
-        return self._get_int("numThreads")
+        return int(self._get("numThreads"))
 
     def setNumThreads(self, n: int):
-        self._set_int("numThreads", 0 if n is None else n)
+        self._set(numThreads=0 if n is None else int(n))
 
     def __repr__(self):
         return (f"<EquiformerForce {self.getModelFile()!r}: {len(self.getAtomicNumbers())} atoms, "
@@ -263,7 +284,7 @@ def create_native_force(model, topology_or_elements, atoms: Optional[Sequence[in
     TorchForce / PythonForce routes (`equiformer.openmm.common.prepare`)."""
     setup = prepare(model, topology_or_elements, atoms=atoms, periodic=periodic, box_vectors=box_vectors,
                     precision=precision)
-    numbers = [setup.atomic_numbers[s] for s in setup.species]
+    numbers = [setup.info.atomic_numbers[s] for s in setup.species]
     force = EquiformerForce(setup.model_path, numbers, particles=setup.atoms, periodic=setup.periodic,
                             precision=precision, device=device, numThreads=num_threads or 0)
     force.setForceGroup(force_group)

@@ -1,5 +1,10 @@
 """Neighbor search in pure TorchScript (no compiled extension), used inside the TorchForce.
 
+It exists because openmm-torch runs a TorchScript module and nothing else: the search must be
+TorchScript to travel inside the TorchForce. The other routes use `equiformer.data.neighbors`
+(Python) or the C++ cell list of cpp/ (native plugin); all three are checked on the same
+cases against one brute-force reference (tests/neighbor_cases.py).
+
 Both functions return a *full* directed list (both directions of every pair) in the
 exported-model convention: ``edge_index[0]`` = source/neighbour j, ``edge_index[1]`` =
 centre i, ``edge_vectors = x_j + shift - x_i``, only pairs closer than the cutoff, no self
@@ -15,7 +20,7 @@ integer argsort of the cell ids).
   * each of those neighbouring unwrapped cells u maps to a stored cell u mod n and a
     lattice shift floor(u / n). Distinct (cell, shift) pairs are distinct periodic images,
     so every image closer than rc is found exactly once, even when n_d is 1 or 2 (widths
-    between rc and 3 rc, where an atom may see several images of a neighbour or itself);
+    between rc and 3 rc, where an atom may see several images of a neighbour);
   * works for any triclinic cell (OpenMM's reduced form included); widths below rc are
     refused (they would need more than one shell of cells).
 Non-periodic systems: all pairs for small N, and the same cell list in a box padded by

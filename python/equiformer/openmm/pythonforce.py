@@ -1,7 +1,8 @@
 """PythonForce route: `openmm.PythonForce` calling the exported model from Python.
 
-The neighbor list is built by `vesin` (periodic, triclinic or open boundaries), the model is
-the exported TorchScript file, nothing else (no ASE, no openmm-torch). For ML/MM the force
+The neighbor list is the package's own (`equiformer.data.neighbors`, vesin: periodic,
+triclinic or open boundaries), the model is the exported TorchScript file, nothing else (no
+ASE, no openmm-torch). For ML/MM the force
 is restricted to the ML atoms with `PythonForce.setParticles`, so OpenMM hands the function
 only their positions.
 
@@ -15,9 +16,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from equiformer.data.neighbors import check_box, neighbor_list
 from equiformer.export.contract import REEXPORT, warn_close_atoms
 from equiformer.files import check_archive
-from equiformer.openmm.common import ModelSetup, box_heights, prepare
+from equiformer.openmm.common import ModelSetup, prepare
 
 
 class EquiformerComputation:
@@ -28,7 +30,6 @@ class EquiformerComputation:
         self.device = str(device)
         self.num_threads = num_threads
         self._model = None
-        self._neighbors = None
         self._species = None
         self._warned_close = False
 
@@ -40,7 +41,7 @@ class EquiformerComputation:
 
     def _load(self):
         import torch
-        import vesin
+        import vesin  # noqa: F401  (the neighbor search needs it: fail when the force is made)
         if not os.path.isfile(self.setup.model_path):
             raise FileNotFoundError(f"equiformer PythonForce: model file {self.setup.model_path} does not exist")
         if self.num_threads is not None:
@@ -48,29 +49,18 @@ class EquiformerComputation:
         check_archive(self.setup.model_path, "model file", REEXPORT)
         self._model = torch.jit.load(self.setup.model_path, map_location=self.device)
         self._species = torch.tensor(self.setup.species, dtype=torch.long, device=self.device)
-        self._neighbors = vesin.NeighborList(cutoff=self.setup.cutoff, full_list=True)
 
     def edges(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray]):
         """Model-unit neighbor list (numpy): edge_index [2,E] (src=j, dst=i), vectors x_j - x_i + shift."""
         s = self.setup
-        points = np.ascontiguousarray(positions_nm, dtype=np.float64) * s.nm_to_model
+        points = np.asarray(positions_nm, dtype=np.float64) * s.nm_to_model
+        box = None
         if s.periodic:
             if box_nm is None:
                 raise RuntimeError("equiformer PythonForce: periodic force but the State has no box vectors")
-            box = np.ascontiguousarray(box_nm, dtype=np.float64) * s.nm_to_model
-            heights = box_heights(box)
-            if heights.min() < s.cutoff:
-                raise RuntimeError(
-                    f"equiformer: periodic box too small for the model: a width of the box is "
-                    f"{heights.min() / s.nm_to_model:.6g} nm, smaller than the model cutoff {s.cutoff_nm:.6g} nm; every "
-                    "width of the box must be >= the cutoff (set the System's or Context's periodic box vectors, or "
-                    "use more replicas)"
-                )
-        else:
-            box = np.zeros((3, 3))
-        i, j, vectors = self._neighbors.compute(points=points, box=box, periodic=s.periodic, quantities="ijD")
-        edge_index = np.stack([j, i]).astype(np.int64)
-        return edge_index, vectors
+            box = check_box(box_nm, s.cutoff_nm, "nm") * s.nm_to_model
+        edge_index, shifts, _ = neighbor_list(points, s.info.cutoff, box, s.periodic)
+        return edge_index, points[edge_index[0]] - points[edge_index[1]] + shifts
 
     def compute_numpy(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray] = None):
         """(energy kJ/mol, forces kJ/mol/nm) for the ML atoms, from plain arrays in nm."""
@@ -81,11 +71,11 @@ class EquiformerComputation:
         edge_index, vectors = self.edges(positions_nm, box_nm)
         if not self._warned_close and len(vectors) > 0:
             closest = float(np.sqrt((vectors * vectors).sum(1).min()))
-            self._warned_close = warn_close_atoms(closest / s.nm_to_model, s.min_distance / s.nm_to_model, "nm")
+            self._warned_close = warn_close_atoms(closest / s.nm_to_model, s.info.min_distance / s.nm_to_model, "nm")
         ei = torch.from_numpy(edge_index).to(self.device)
         ev = torch.from_numpy(np.ascontiguousarray(vectors)).to(device=self.device, dtype=s.torch_dtype)
         out = self._model(self._species, ei, ev, s.num_ml_atoms)
-        energy = (float(out["energy"]) + s.energy_offset) * s.energy_to_kj
+        energy = (float(out["energy"]) + s.info.energy_offset) * s.energy_to_kj
         forces = out["forces"].detach().to("cpu", torch.float64).numpy() * s.force_to_kj_nm
         return energy, forces
 

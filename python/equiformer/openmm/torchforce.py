@@ -48,14 +48,14 @@ class EquiformerOpenMMModule(torch.nn.Module):
         self.register_buffer("atoms", torch.tensor(atoms, dtype=torch.long))
         self.register_buffer("species", torch.tensor(setup.species, dtype=torch.long))
         self.periodic = bool(setup.periodic)
-        self.cutoff = float(setup.cutoff)               # model length unit
+        self.cutoff = float(setup.info.cutoff)          # model length unit
         self.nm_to_model = float(setup.nm_to_model)
         self.energy_to_kj = float(setup.energy_to_kj)
         self.force_to_kj_nm = float(setup.force_to_kj_nm)
-        self.energy_offset = float(setup.energy_offset)
+        self.energy_offset = float(setup.info.energy_offset)
         self.all_pairs_max_atoms = int(all_pairs_max_atoms)
         self.model_dtype = setup.torch_dtype
-        self.min_distance = float(setup.min_distance)
+        self.min_distance = float(setup.info.min_distance)
         self.warned_close = False
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -133,13 +133,19 @@ def build_module(model_path: str, setup: ModelSetup, outputs_forces: bool = True
 
 
 def _setup_description(setup: ModelSetup, outputs_forces: bool) -> str:
+    info = setup.info
+    # the model's metadata as stored, with the entries the routes use parsed (as written since
+    # the first saved modules)
+    model_metadata = dict(info.metadata, cutoff=info.cutoff, species_symbols=info.species_symbols,
+                          atomic_numbers=info.atomic_numbers, energy_offset=info.energy_offset,
+                          min_distance=info.min_distance)
     return json.dumps({
         "model_path": setup.model_path,
         "num_particles": setup.num_particles,
         "atoms": setup.atoms,
         "periodic": setup.periodic,
         "outputs_forces": outputs_forces,
-        "model_metadata": setup.metadata,
+        "model_metadata": model_metadata,
     }, sort_keys=True)
 
 

@@ -1,45 +1,25 @@
-"""Neighbour list against a brute-force reference."""
+"""Neighbour list against the brute-force reference (tests/neighbor_cases.py), on the cases
+shared with the TorchScript and C++ searches and on those only vesin supports (mixed
+periodicity, cells narrower than the cutoff, far-apart groups); the periodic-box check."""
 
-import itertools
-import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from equiformer.data.neighbors import neighbor_list
+from equiformer.data.neighbors import box_widths, check_box, neighbor_list
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from neighbor_cases import brute_force, canonical, cases, reference_edges  # noqa: E402
+
+CASES = cases()
 
 
-def brute_force(positions, cutoff, cell, pbc):
-    """Set of (src, dst, unit shift) with 0 < |pos[src] - pos[dst] + n @ cell| < cutoff."""
-    positions = np.asarray(positions, float)
-    cell = np.asarray(cell, float)
-    pbc = np.asarray(pbc, bool)
-    ranges = []
-    for d in range(3):
-        if not pbc[d]:
-            ranges.append([0])
-            continue
-        # distance between the lattice planes spanned by the other two vectors
-        a, b = cell[(d + 1) % 3], cell[(d + 2) % 3]
-        normal = np.cross(a, b)
-        if np.linalg.norm(normal) < 1e-12:
-            height = np.linalg.norm(cell[d])
-        else:
-            height = abs(cell[d] @ normal) / np.linalg.norm(normal)
-        k = int(math.ceil((cutoff + np.ptp(positions @ (normal / max(np.linalg.norm(normal), 1e-12))) + 1e-9) / height)) + 1
-        ranges.append(range(-k, k + 1))
-    out = set()
-    n = len(positions)
-    for shift in itertools.product(*ranges):
-        s = np.array(shift, float) @ cell if pbc.any() else np.zeros(3)
-        for i in range(n):
-            for j in range(n):
-                if i == j and not any(shift):
-                    continue
-                d = np.linalg.norm(positions[j] - positions[i] + s)
-                if d < cutoff:
-                    out.add((j, i, tuple(int(x) for x in shift)))
-    return out
+def brute_force_set(positions, cutoff, cell, pbc):
+    """Set of (src, dst, unit shift) of the brute-force reference."""
+    src, dst, shifts = brute_force(positions, cutoff, cell, pbc)
+    return {(int(s), int(d), tuple(int(x) for x in u)) for s, d, u in zip(src, dst, shifts)}
 
 
 def ours(positions, cutoff, cell, pbc):
@@ -63,28 +43,40 @@ def _random_positions(n, cell):
     return RNG.random((n, 3)) @ np.asarray(cell)
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shared_cases(name):
+    case = CASES[name]
+    periodic = case.cell is not None
+    edge_index, shifts, _ = neighbor_list(case.positions, case.cutoff, case.cell, periodic)
+    vectors = case.positions[edge_index[0]] - case.positions[edge_index[1]] + shifts
+    want = canonical(*reference_edges(case))
+    got = canonical(edge_index, vectors)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+
+
 def test_open_boundaries():
     pos = RNG.random((12, 3)) * 6.0
-    assert ours(pos, 3.0, None, None) == brute_force(pos, 3.0, np.zeros((3, 3)), [False] * 3)
+    assert ours(pos, 3.0, None, None) == brute_force_set(pos, 3.0, np.zeros((3, 3)), [False] * 3)
 
 
 def test_periodic_cubic():
     cell = np.eye(3) * 7.0
     pos = _random_positions(10, cell)
-    assert ours(pos, 3.0, cell, True) == brute_force(pos, 3.0, cell, [True] * 3)
+    assert ours(pos, 3.0, cell, True) == brute_force_set(pos, 3.0, cell, [True] * 3)
 
 
 def test_periodic_triclinic():
     cell = np.array([[5.0, 0.0, 0.0], [2.0, 4.5, 0.0], [-1.0, 1.5, 4.0]])
     pos = _random_positions(8, cell)
-    assert ours(pos, 3.5, cell, [True] * 3) == brute_force(pos, 3.5, cell, [True] * 3)
+    assert ours(pos, 3.5, cell, [True] * 3) == brute_force_set(pos, 3.5, cell, [True] * 3)
 
 
 def test_small_cell_sees_own_images():
     cell = np.array([[2.0, 0.0, 0.0], [0.7, 2.2, 0.0], [0.3, -0.4, 2.5]])
     pos = _random_positions(2, cell)
     got = ours(pos, 4.0, cell, True)
-    assert got == brute_force(pos, 4.0, cell, [True] * 3)
+    assert got == brute_force_set(pos, 4.0, cell, [True] * 3)
     assert any(s == d for s, d, _ in got)  # self images present
 
 
@@ -92,7 +84,7 @@ def test_single_atom_in_small_cell():
     cell = np.eye(3) * 1.7
     pos = np.zeros((1, 3))
     got = ours(pos, 3.0, cell, True)
-    assert got == brute_force(pos, 3.0, cell, [True] * 3)
+    assert got == brute_force_set(pos, 3.0, cell, [True] * 3)
     assert len(got) > 0
 
 
@@ -100,14 +92,14 @@ def test_single_atom_in_small_cell():
 def test_mixed_pbc(pbc):
     cell = np.array([[4.0, 0.0, 0.0], [1.0, 3.5, 0.0], [0.5, 0.5, 6.0]])
     pos = _random_positions(6, cell)
-    assert ours(pos, 3.2, cell, pbc) == brute_force(pos, 3.2, cell, pbc)
+    assert ours(pos, 3.2, cell, pbc) == brute_force_set(pos, 3.2, cell, pbc)
 
 
 def test_mixed_pbc_with_zero_nonperiodic_vector():
     cell = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
     pos = RNG.random((5, 3)) * 3.0
     got = ours(pos, 3.5, cell, [True, True, False])
-    assert got == brute_force(pos, 3.5, cell, [True, True, False])
+    assert got == brute_force_set(pos, 3.5, cell, [True, True, False])
 
 
 def test_bad_input_errors():
@@ -140,7 +132,7 @@ def test_bad_input_errors():
 def test_far_apart_groups_open(distance):
     pos = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [distance, 0.0, 0.0], [distance + 2.0, 1.0, 0.0],
                     [0.0, distance, distance]])
-    assert ours(pos, 4.5, np.zeros((3, 3)), [False] * 3) == brute_force(pos, 4.5, np.zeros((3, 3)), [False] * 3)
+    assert ours(pos, 4.5, np.zeros((3, 3)), [False] * 3) == brute_force_set(pos, 4.5, np.zeros((3, 3)), [False] * 3)
 
 
 def test_far_apart_groups_mixed_periodicity():
@@ -149,7 +141,7 @@ def test_far_apart_groups_mixed_periodicity():
     cell = np.array([[6.0, 0.0, 0.0], [1.5, 6.0, 0.0], [0.0, 0.0, 0.0]])
     pos = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 0.5], [3.0, 2.0, 1e6], [3.5, 2.0, 1e6 + 1.0]])
     pbc = [True, True, False]
-    assert ours(pos, 4.5, cell, pbc) == brute_force(pos, 4.5, cell, pbc)
+    assert ours(pos, 4.5, cell, pbc) == brute_force_set(pos, 4.5, cell, pbc)
 
 
 def test_gas_wider_than_a_cell_list():
@@ -166,3 +158,28 @@ def test_gas_wider_than_a_cell_list():
     edge_index, shifts, _ = neighbor_list(pos, 4.5)
     assert sorted(map(tuple, edge_index.T.tolist())) == [(0, 1), (1, 0)]
     assert not shifts.any()
+
+
+# ------------------------------------------------------------------ the periodic-box check
+
+def test_box_widths():
+    box = np.diag([2.0, 3.0, 4.0])
+    np.testing.assert_allclose(box_widths(box), [2.0, 3.0, 4.0])
+    c, s = np.cos(0.7), np.sin(0.7)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+    np.testing.assert_allclose(box_widths(box @ rotation.T), [2.0, 3.0, 4.0])
+    # shearing c along a and b keeps the planes spanned by a and b: the width across c stays
+    sheared = np.array([[2.0, 0.0, 0.0], [1.0, 3.0, 0.0], [0.5, -1.0, 4.0]])
+    assert box_widths(sheared)[2] == pytest.approx(4.0)
+    assert (box_widths(sheared)[:2] < [2.0, 3.0]).all()  # tilted: narrower than the vectors' lengths
+
+
+def test_check_box():
+    box = np.array([[2.0, 0.0, 0.0], [0.5, 3.0, 0.0], [0.0, 0.0, 1.5]])  # widths 1.97, 3, 1.5
+    np.testing.assert_array_equal(check_box(box.tolist(), 1.49), box)
+    with pytest.raises(ValueError, match=r"across box vector c is 1\.5 nm, smaller than the model cutoff 1\.6 nm"):
+        check_box(box, 1.6, "nm")
+    with pytest.raises(ValueError, match="invalid periodic box"):
+        check_box(np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]), 0.5)
+    with pytest.raises(ValueError, match="invalid periodic box"):
+        check_box(np.diag([1.0, np.nan, 1.0]), 0.5)

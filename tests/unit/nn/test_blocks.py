@@ -14,6 +14,7 @@ from e3nn import o3
 from equiformer.nn.activation import Gate
 from equiformer.nn.attention import GraphAttention
 from equiformer.nn.block import TransformerBlock
+from equiformer.nn.features import EdgeFeatures
 from equiformer.nn.edge_frame import EdgeFrame
 from equiformer.nn.irreps import blocks, gate_split, simplify, to_irreps
 from equiformer.nn.linear import IrrepsLinear
@@ -271,12 +272,12 @@ def test_transformer_block_equivariant(variant, last):
     assert blk.has_shortcut == last
     vec, src, dst, sh, basis, weight = _graph_inputs(sh_irreps)
     x = _rand(6, node)
-    ref = blk(x, src, dst, sh(vec), basis, weight, [])
+    ref = blk(x, src, dst, EdgeFeatures(sh(vec), basis, weight, []))
     for R in _matrices(e3):
-        got = blk(x @ _D(node, R).T, src, dst, sh(vec) @ _D(sh_irreps, R).T, basis, weight, [])
+        got = blk(x @ _D(node, R).T, src, dst, EdgeFeatures(sh(vec) @ _D(sh_irreps, R).T, basis, weight, []))
         _close(got, ref @ _D(out, R).T)
         if torch.det(R) > 0:
-            got = blk(x @ _D(node, R).T, src, dst, sh(vec @ R.T), basis, weight, _frames(node, vec @ R.T))
+            got = blk(x @ _D(node, R).T, src, dst, EdgeFeatures(sh(vec @ R.T), basis, weight, _frames(node, vec @ R.T)))
             _close(got, ref @ _D(out, R).T)
 
 

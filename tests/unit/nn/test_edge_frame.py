@@ -9,9 +9,8 @@ from e3nn import o3
 
 from equiformer.model import build_model
 from equiformer.nn.edge_frame import EdgeFrame
-from equiformer.nn.segment import centre_chunks
+from model_variants import SPECIES, VARIANTS, energies_and_gradient, random_graph
 
-SPECIES = ["H", "C", "O"]
 
 
 def directions():
@@ -62,42 +61,6 @@ def test_frames_have_finite_gradients_on_and_near_the_poles():
     assert torch.isfinite(grad).all()
 
 
-VARIANTS = {
-    "se3-l2": {},
-    "e3-l2": {"irreps_node": "8x0e+2x0o+2x1e+4x1o+2x2e+1x2o", "irreps_sh": "1x0e+1x1o+1x2e",
-              "irreps_head": "4x0e+1x0o+1x1e+2x1o+1x2e", "irreps_mlp": "16x0e+8x1o+4x2e"},
-    "se3-l1": {"irreps_node": "8x0e+4x1e", "irreps_sh": "1x0e+1x1e", "irreps_head": "4x0e+2x1e",
-               "irreps_mlp": "16x0e+8x1e"},
-    "se3-l3": {"irreps_node": "8x0e+4x1e+2x2e+2x3e", "irreps_sh": "1x0e+1x1e+1x2e+1x3e",
-               "irreps_head": "4x0e+2x1e+1x2e+1x3e", "irreps_mlp": "16x0e+8x1e+4x2e+2x3e"},
-    "e3-l3": {"irreps_node": "8x0e+4x1o+2x2e+2x3o", "irreps_sh": "1x0e+1x1o+1x2e+1x3o",
-              "irreps_head": "4x0e+2x1o+1x2e+1x3o", "irreps_mlp": "16x0e+8x1o+4x2e+2x3o"},
-    "linear-message": {"nonlinear_message": False},
-    "dot-product": {"attention": "dot_product"},
-    "attention-head": {"attention_head": True, "irreps_feature": "8x0e+2x1e"},
-    "attention-head-scalars": {"attention_head": True},  # a head whose gate has nothing to gate
-    "official-cutoff-rescale": {"attention_cutoff": "mask", "layer_norm": "per_block", "rescale_degree": True},
-}
-
-
-def random_graph(n=9, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pos = torch.rand((n, 3), generator=g, dtype=torch.float64) * 4.0
-    pos[1] = pos[0] + torch.tensor([0.0, 1.3, 0.0], dtype=torch.float64)  # an edge on the frame's pole
-    src, dst = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    keep = (src != dst) & ((pos[src] - pos[dst]).norm(dim=-1) < 5.0)
-    edge_index = torch.stack([src[keep], dst[keep]])
-    species = torch.randint(0, len(SPECIES), (n,), generator=g)
-    return species, edge_index, pos[edge_index[0]] - pos[edge_index[1]]
-
-
-def energies_and_gradient(model, species, edge_index, vec, n_local):
-    vec = vec.clone().requires_grad_(True)
-    e = model.atom_energies(species, edge_index, vec)
-    (grad,) = torch.autograd.grad(e[:n_local].sum(), vec)
-    return e.detach(), grad
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_edge_frame_path_equals_reference(variant):
     torch.manual_seed(3)
@@ -123,7 +86,7 @@ def test_edge_degree_embedding_equals_the_full_product():
         for p in emb.parameters():
             p.add_(0.1 * torch.randn_like(p))
     species, edge_index, vec = random_graph(seed=1)
-    sh, basis, weight, _ = model.edge_features(vec)
+    sh, basis, weight, _ = model.edge_features(vec)  # an EdgeFeatures unpacks as a tuple
     n = len(species)
     got = emb(n, edge_index[1], sh, basis, weight)
     # reference: the generic depthwise product of the constant node input, then the projection
@@ -131,50 +94,3 @@ def test_edge_degree_embedding_equals_the_full_product():
     edge = emb.proj(emb.dw(constant, sh, emb.rad(basis))) * weight.unsqueeze(1)
     ref = torch.zeros(n, edge.shape[1], dtype=torch.float64).index_add(0, edge_index[1], edge) * emb.inv_sqrt_degree
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("variant,frames", [(v, True) for v in sorted(VARIANTS)]
-                         + [("se3-l2", False), ("dot-product", False)])
-def test_chunked_gradient_equals_one_pass(variant, frames):
-    """The memory-light gradient (edges sorted, chunks of whole centres, layers recomputed)
-    equals one autograd pass, with chunks smaller than one centre's edges, for any edge order."""
-    torch.manual_seed(5)
-    model = build_model({"preset": "tiny", "species": SPECIES, **VARIANTS[variant]}, dtype=torch.float64).eval()
-    model.use_edge_frames(frames)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    species, edge_index, vec = random_graph(seed=2)
-    shuffle = torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(0))
-    edge_index, vec = edge_index[:, shuffle], vec[shuffle]
-    scripted = torch.jit.script(model)
-    scripted.edge_chunk = 23
-    for n_local in (len(species), 5):
-        ref = energies_and_gradient(model, species, edge_index, vec, n_local)
-        for chunk in (5, 23, 100000):
-            model.edge_chunk = chunk
-            # one scripted run (each further one re-optimises the graph: seconds)
-            runs = [model, scripted] if chunk == 23 and n_local == 5 else [model]
-            for m in runs:
-                got = m.energies_and_gradient(species, edge_index, vec, n_local)
-                for a, b in zip(got, ref):
-                    assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
-
-
-def test_centre_chunks():
-    dst = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5, 5, 5, 5])
-    nodes, edges = centre_chunks(dst, 7, 4)
-    assert nodes == [0, 2, 5, 7] and edges == [0, 3, 6, 12]
-    assert centre_chunks(dst, 7, 100) == ([0, 7], [0, 12])
-    assert centre_chunks(dst[:0], 3, 4) == ([0, 3], [0, 0])
-    with pytest.raises(ValueError, match="edge_chunk must be a positive"):
-        centre_chunks(dst, 7, 0)
-
-
-def test_bad_edge_chunk_is_a_clear_error_in_the_scripted_model():
-    model = build_model({"preset": "tiny", "species": SPECIES}, dtype=torch.float64)
-    scripted = torch.jit.script(model)
-    scripted.edge_chunk = 0
-    species, edge_index, vec = random_graph(seed=2)
-    with pytest.raises(Exception, match="edge_chunk must be a positive"):
-        scripted.energies_and_gradient(species, edge_index, vec, len(species))

@@ -24,7 +24,7 @@ def test_species_and_units(model):
     assert setup.species == [1, 2, 3] and setup.atoms == [3, 0, 2] and setup.num_particles == 4
     assert setup.nm_to_model == 10.0 and setup.energy_to_kj == 4.184
     assert setup.force_to_kj_nm == pytest.approx(41.84) and setup.cutoff_nm == pytest.approx(0.3)
-    assert setup.energy_offset == -7.0 and not setup.periodic
+    assert setup.info.energy_offset == -7.0 and not setup.periodic
     assert prepare(model, ["H", "C"], atoms=[0, 1]).atoms is None  # all atoms: no subset
 
 

@@ -83,6 +83,15 @@ def test_resume_equals_uninterrupted(cu_xyz, tmp_path, scheduler):
                 assert r[col] == s[col], col
 
 
+def test_energy_only_loss(cu_xyz, tmp_path):
+    """An energy-only loss: the model computes no forces, and the energy it returns keeps its
+    graph for the loss (this used to fail with 'element 0 of tensors does not require grad')."""
+    cfg = resolve_config(tiny_config(cu_xyz, tmp_path / "run", optim={"epochs": 2}, loss={"forces_weight": 0.0}))
+    train(cfg, log=lambda *a: None)
+    rows = _rows(tmp_path / "run")
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
 def test_existing_run_needs_resume_or_overwrite(cu_xyz, tmp_path):
     cfg = resolve_config(tiny_config(cu_xyz, tmp_path, optim={"epochs": 1}))
     train(cfg, log=lambda *a: None)

@@ -5,8 +5,8 @@
 #pragma once
 
 #include "EquiformerKernels.h"
+#include "equiformer/neighbors.h"
 #include "equiformer/runtime.h"
-#include "internal/EquiformerNeighborList.h"
 
 #include <memory>
 #include <string>
@@ -34,8 +34,8 @@ class ReferenceCalcEquiformerForceKernel : public CalcEquiformerForceKernel {
   double cutoff = 0.0;            // model length unit
   double energyOffset = 0.0;      // model energy unit, once per system
   bool warnedClose = false;       // the close-atoms warning was given (once per Context)
-  CellList cells;
-  NeighborList edges;
+  equiformer::CellList cells;
+  equiformer::NeighborList edges;
   std::vector<double> positions;  // model length unit, 3 per ML atom
   equiformer::Result result;
 };

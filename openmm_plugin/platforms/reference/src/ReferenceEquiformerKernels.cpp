@@ -85,17 +85,12 @@ void ReferenceCalcEquiformerForceKernel::initialize(const OpenMM::System &system
 
 void ReferenceCalcEquiformerForceKernel::checkBox(const double *box) const
 {
-  double widths[3];
-  boxWidths(box, widths);
-  for (int k = 0; k < 3; ++k)
-    if (!(widths[k] >= cutoff)) {
-      std::ostringstream msg;
-      msg.precision(6);
-      msg << "periodic box too small for the model: its width across box vector " << "abc"[k] << " is "
-          << widths[k] / nmToModel << " nm, smaller than the model cutoff " << cutoff / nmToModel
-          << " nm; every width of the box must be >= the cutoff (use a larger box / more replicas)";
-      throw OpenMMException(fail(msg.str()));
-    }
+  // the cell list checks the box too; this check reports it in nm, OpenMM's unit
+  try {
+    equiformer::check_box(box, cutoff, "nm", 1.0 / nmToModel);
+  } catch (const std::exception &e) {
+    throw OpenMMException(fail(e.what()));
+  }
 }
 
 double ReferenceCalcEquiformerForceKernel::execute(OpenMM::ContextImpl &context, bool includeForces, bool)

@@ -1,13 +1,13 @@
-// Cell-list neighbor search: fractional coordinates, cells at least one cutoff thick across
+// Cell-list neighbour search: fractional coordinates, cells at least one cutoff thick across
 // every lattice plane, 27 neighbouring cells (with their lattice shifts) per cell.
-#include "internal/EquiformerNeighborList.h"
+#include "equiformer/neighbors.h"
 
 #include <algorithm>
 #include <cmath>
 #include <sstream>
-#include <string>
+#include <stdexcept>
 
-namespace EquiformerOpenMM {
+namespace equiformer {
 
 namespace {
 
@@ -34,16 +34,33 @@ void limitCells(int counts[3], long limit)
 
 }  // namespace
 
-void boxWidths(const double *box, double widths[3])
+std::array<double, 3> box_widths(const double *box)
 {
   double bc[3], ca[3], ab[3];
   cross(box + 3, box + 6, bc);
   cross(box + 6, box + 0, ca);
   cross(box + 0, box + 3, ab);
-  double volume = std::fabs(dot(box, bc));
-  widths[0] = volume / std::sqrt(dot(bc, bc));
-  widths[1] = volume / std::sqrt(dot(ca, ca));
-  widths[2] = volume / std::sqrt(dot(ab, ab));
+  const double volume = std::fabs(dot(box, bc));
+  return {volume / std::sqrt(dot(bc, bc)), volume / std::sqrt(dot(ca, ca)), volume / std::sqrt(dot(ab, ab))};
+}
+
+void check_box(const double *box, double cutoff, const std::string &unit, double scale)
+{
+  for (int k = 0; k < 9; ++k)
+    if (!std::isfinite(box[k])) throw std::invalid_argument("the periodic box has non-finite components");
+  const std::array<double, 3> widths = box_widths(box);
+  if (!(std::min({widths[0], widths[1], widths[2]}) > 0.0))
+    throw std::invalid_argument("the periodic box vectors are degenerate (zero volume)");
+  const std::string u = unit.empty() ? "" : " " + unit;
+  for (int k = 0; k < 3; ++k)
+    if (!(widths[k] >= cutoff)) {
+      std::ostringstream msg;
+      msg.precision(6);
+      msg << "periodic box too small for the model: its width across box vector " << "abc"[k] << " is "
+          << widths[k] * scale << u << ", smaller than the model cutoff " << cutoff * scale << u
+          << "; every width of the box must be >= the cutoff (use a larger box or more replicas)";
+      throw std::invalid_argument(msg.str());
+    }
 }
 
 void CellList::build(int n, const double *positions, const double *box, double cutoff, NeighborList &out)
@@ -60,35 +77,21 @@ void CellList::build(int n, const double *positions, const double *box, double c
   const bool periodic = box != nullptr;
   const long cellLimit = std::max<long>(27, 2L * n);
   int counts[3] = {1, 1, 1};
-  double inverse[9] = {0};  // columns: reciprocal vectors (fractional = x . inverse)
   double origin[3] = {0, 0, 0}, extent[3] = {0, 0, 0};
 
   wrapped_.assign(positions, positions + 3 * n);
-  std::vector<double> frac(3 * static_cast<size_t>(n));
+  frac_.resize(3 * static_cast<size_t>(n));
   if (periodic) {
+    check_box(box, cutoff);
+    const std::array<double, 3> widths = box_widths(box);
+    for (int k = 0; k < 3; ++k) counts[k] = std::max(1, static_cast<int>(std::floor(widths[k] / cutoff)));
     double bc[3], ca[3], ab[3];
     cross(box + 3, box + 6, bc);
     cross(box + 6, box + 0, ca);
     cross(box + 0, box + 3, ab);
-    double volume = dot(box, bc);
-    for (int k = 0; k < 9; ++k)
-      if (!std::isfinite(box[k])) throw std::invalid_argument("the periodic box has non-finite components");
-    double widths[3];
-    boxWidths(box, widths);
-    if (!(std::fabs(volume) > 0.0) || !(std::min({widths[0], widths[1], widths[2]}) > 0.0))
-      throw std::invalid_argument("the periodic box vectors are degenerate (zero volume)");
-    for (int k = 0; k < 3; ++k) {
-      if (widths[k] < cutoff) {
-        std::ostringstream msg;
-        msg.precision(6);
-        msg << "periodic box too small for the model: its width across box vector " << "abc"[k] << " is "
-            << widths[k] << ", smaller than the model cutoff " << cutoff
-            << " (same units); every width of the box must be >= the cutoff";
-        throw std::invalid_argument(msg.str());
-      }
-      counts[k] = std::max(1, static_cast<int>(std::floor(widths[k] / cutoff)));
-    }
-    for (int r = 0; r < 3; ++r) {  // reciprocal vectors as columns: inverse[r*3+c]
+    const double volume = dot(box, bc);
+    double inverse[9];  // reciprocal vectors as columns (fractional = x . inverse): inverse[r*3+c]
+    for (int r = 0; r < 3; ++r) {
       inverse[r * 3 + 0] = bc[r] / volume;
       inverse[r * 3 + 1] = ca[r] / volume;
       inverse[r * 3 + 2] = ab[r] / volume;
@@ -100,7 +103,7 @@ void CellList::build(int n, const double *positions, const double *box, double c
         s[c] = x[0] * inverse[0 * 3 + c] + x[1] * inverse[1 * 3 + c] + x[2] * inverse[2 * 3 + c];
         s[c] -= std::floor(s[c]);
         if (s[c] >= 1.0) s[c] = 0.0;  // rounding of tiny negative numbers
-        frac[3 * i + c] = s[c];
+        frac_[3 * i + c] = s[c];
       }
       for (int c = 0; c < 3; ++c)
         wrapped_[3 * i + c] = s[0] * box[0 * 3 + c] + s[1] * box[1 * 3 + c] + s[2] * box[2 * 3 + c];
@@ -117,9 +120,6 @@ void CellList::build(int n, const double *positions, const double *box, double c
       double cells = std::floor(extent[c] / cutoff) + 1.0;
       counts[c] = static_cast<int>(std::min(cells, 1.0e6));
     }
-    for (int i = 0; i < n; ++i)
-      for (int c = 0; c < 3; ++c)
-        frac[3 * i + c] = extent[c] > 0.0 ? (positions[3 * i + c] - origin[c]) / extent[c] : 0.0;
   }
   limitCells(counts, cellLimit);
   if (!periodic) {
@@ -127,7 +127,7 @@ void CellList::build(int n, const double *positions, const double *box, double c
     for (int c = 0; c < 3; ++c) {
       double edge = std::max(cutoff, extent[c] / counts[c]);
       counts[c] = std::max(1, std::min(counts[c], static_cast<int>(std::floor(extent[c] / edge)) + 1));
-      for (int i = 0; i < n; ++i) frac[3 * i + c] = (positions[3 * i + c] - origin[c]) / edge / counts[c];
+      for (int i = 0; i < n; ++i) frac_[3 * i + c] = (positions[3 * i + c] - origin[c]) / edge / counts[c];
     }
   }
 
@@ -138,7 +138,7 @@ void CellList::build(int n, const double *positions, const double *box, double c
   for (int i = 0; i < n; ++i) {
     int idx[3];
     for (int c = 0; c < 3; ++c)
-      idx[c] = std::min(counts[c] - 1, std::max(0, static_cast<int>(frac[3 * i + c] * counts[c])));
+      idx[c] = std::min(counts[c] - 1, std::max(0, static_cast<int>(frac_[3 * i + c] * counts[c])));
     cellOf_[i] = (idx[0] * counts[1] + idx[1]) * counts[2] + idx[2];
     ++cellStart_[cellOf_[i] + 1];
   }
@@ -192,4 +192,4 @@ void CellList::build(int n, const double *positions, const double *box, double c
   }
 }
 
-}  // namespace EquiformerOpenMM
+}  // namespace equiformer
