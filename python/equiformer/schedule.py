@@ -98,9 +98,6 @@ class ChunkedBlock(torch.nn.Module):
         self.model = model
         self.block = block
 
-    def forward(self, x: torch.Tensor, g: SortedGraph, features: EdgeFeatures) -> torch.Tensor:
-        return self.by_chunks(x, g, features)
-
     def by_chunks(self, x: torch.Tensor, g: SortedGraph, features: EdgeFeatures) -> torch.Tensor:
         """The block's output without a graph, a chunk of centres at a time."""
         src_side, dst_side = self.block.attention_inputs(x)
