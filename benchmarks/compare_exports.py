@@ -4,9 +4,10 @@ ratio that machine drift (other jobs, clock changes) affects equally on both sid
     .venv/bin/python benchmarks/compare_exports.py BEFORE.pt AFTER.pt [--system cluster|bulk]
         [--atoms 500] [--rounds 10] [--threads 2]
 
-Typical use: the same model exported by two versions of the package (check out the older one
+Typical uses: the same model exported by two versions of the package (check out the older one
 elsewhere and export with `PYTHONPATH=/that/checkout/python`), to show that a change keeps the
-speed. Prints each round, then the median wall and CPU time per call of each file and their
+speed; the TorchScript file against the compiled .pt2 package of the same model (either
+format works for either argument). Prints each round, then the median wall and CPU time per call of each file and their
 ratio, and the largest force difference between the two (the same weights give the same
 forces to rounding). Structures as in model_eval.py: a rattled fcc copper cluster (open) or
 periodic crystal with about --atoms atoms, cutoff from the first model's metadata.
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     info = ModelInfo.read(args.before)
-    if info.species_symbols != ["Cu"]:
+    if "Cu" not in info.species_symbols:
         raise SystemExit(f"{args.before}: this benchmark uses copper; the model knows {info.species_symbols}")
     atoms = structure(args.system, args.atoms)
     pos = atoms.get_positions()
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     vectors = torch.tensor(pos[edge_index[0]] - pos[edge_index[1]] + shifts, dtype=info.torch_dtype)
     index = torch.from_numpy(edge_index)
     n = len(atoms)
-    species = torch.zeros(n, dtype=torch.long)
+    species = torch.full((n,), info.species_symbols.index("Cu"), dtype=torch.long)
     models = {"before": load_engine_model(args.before), "after": load_engine_model(args.after)}
 
     forces = {}

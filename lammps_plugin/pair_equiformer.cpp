@@ -292,6 +292,10 @@ void PairEquiformer::init_style()
   if (mode == MODE_MAP && comm->nprocs > 1)
     error->all(FLERR, "pair_style equiformer mode map works on one MPI rank only ({} ranks); use "
                "mode layer, mode ghost or mode auto", comm->nprocs);
+  if (mode == MODE_LAYER && model->is_package())
+    error->all(FLERR, "pair_style equiformer mode layer needs the per-layer methods, which a .pt2 package ({}) does "
+               "not have yet: use mode ghost or map (mode auto picks ghost on several ranks), or the TorchScript "
+               ".pt file", model_file);
   if (mode == MODE_LAYER && !model->has_layer_methods())
     error->all(FLERR, "pair_style equiformer mode layer needs a model that exports the per-layer methods; "
                "{} does not (re-export it with equiformer-export), use mode ghost or mode auto", model_file);
@@ -337,12 +341,12 @@ void PairEquiformer::init_style()
     std::string map;
     for (int t = 1; t <= atom->ntypes; t++) map += " " + type2symbol[t];
     utils::logmesg(lmp,
-                   "pair equiformer: model {}\n"
+                   "pair equiformer: model {}{}\n"
                    "  species:{} | type map:{}\n"
                    "  cutoff {} {} ({:.6g} Angstrom), {} layers, interaction range {:.6g} Angstrom\n"
                    "  model units {} / {}, LAMMPS units {} (energy x {:.12g}), dtype {}, energy offset {}\n"
                    "  device {}, {} MPI rank(s) x {} libtorch thread(s), mode {}, newton pair {}\n{}",
-                   model_file,
+                   model_file, model->is_package() ? " (compiled .pt2 package)" : "",
                    [&] { std::string s; for (auto &x : model->species_symbols()) s += " " + x; return s; }(),
                    map, model->cutoff(), model->length_unit(), cutoff_lmp, model->num_layers(), range_lmp,
                    model->energy_unit(), model->length_unit(), units, energy_to_lmp, model->dtype(),

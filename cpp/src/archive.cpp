@@ -1,5 +1,5 @@
 // Zip integrity check: walks the central directory (zip64 included) and compares each
-// entry's CRC-32 with its data. TorchScript archives store tensors uncompressed (checked
+// entry's CRC-32 with its data; reads single stored entries (a .pt2 package's metadata). TorchScript archives store tensors uncompressed (checked
 // straight from the file) and their code deflated (inflated by libtorch's own reader).
 #include "archive.h"
 
@@ -98,9 +98,11 @@ void fnv(uint64_t &h, const void *data, size_t n)
   for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
 }
 
-std::string check_entries(const std::string &path, uint64_t &fingerprint)
+// the central directory (zip64 included): every entry's name, method, sizes, CRC and local
+// header offset; "" on success, else a sentence saying what is wrong
+std::string read_directory(Reader &r, std::vector<ArchiveEntry> &out)
 {
-  Reader r(path);
+  out.clear();
   if (!r.ok()) return "cannot be read";
   const std::string truncated = "is truncated or damaged (its zip directory is unreadable)";
   // end of central directory: the last signature in the final 22 + 65535 bytes
@@ -126,16 +128,16 @@ std::string check_entries(const std::string &path, uint64_t &fingerprint)
   }
   std::vector<unsigned char> dir;
   if (!r.read(dir_offset, static_cast<size_t>(dir_size), dir)) return truncated;
-  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> inflater;  // opened for the first deflated entry
   size_t p = 0;
   for (uint64_t k = 0; k < entries; ++k) {
     if (p + 46 > dir.size() || le(&dir[p], 4) != kCentralSig) return truncated;
-    const uint64_t method = le(&dir[p + 10], 2);
-    const uint32_t want = static_cast<uint32_t>(le(&dir[p + 16], 4));
+    ArchiveEntry entry;
+    entry.method = static_cast<int>(le(&dir[p + 10], 2));
+    entry.crc = static_cast<uint32_t>(le(&dir[p + 16], 4));
     uint64_t csize = le(&dir[p + 20], 4), usize = le(&dir[p + 24], 4), local = le(&dir[p + 42], 4);
     const size_t name_len = le(&dir[p + 28], 2), extra_len = le(&dir[p + 30], 2), comment_len = le(&dir[p + 32], 2);
     if (p + 46 + name_len + extra_len + comment_len > dir.size()) return truncated;
-    const std::string name(reinterpret_cast<const char *>(&dir[p + 46]), name_len);
+    entry.name.assign(reinterpret_cast<const char *>(&dir[p + 46]), name_len);
     // zip64 extra field: 8-byte values for the fields saturated above, in this order
     for (size_t e = p + 46 + name_len; e + 4 <= p + 46 + name_len + extra_len;) {
       const uint64_t id = le(&dir[e], 2), len = le(&dir[e + 2], 2);
@@ -147,11 +149,39 @@ std::string check_entries(const std::string &path, uint64_t &fingerprint)
       }
       e += 4 + len;
     }
+    entry.compressed_size = csize;
+    entry.size = usize;
+    entry.local_offset = local;
+    out.push_back(std::move(entry));
     p += 46 + name_len + extra_len + comment_len;
+  }
+  return "";
+}
+
+// offset of a stored entry's data (after its local header), or false when the header is lost
+bool data_offset(Reader &r, const ArchiveEntry &entry, uint64_t &offset)
+{
+  std::vector<unsigned char> head;
+  if (!r.read(entry.local_offset, 30, head) || le(&head[0], 4) != kLocalSig) return false;
+  offset = entry.local_offset + 30 + le(&head[26], 2) + le(&head[28], 2);
+  return true;
+}
+
+std::string check_entries(const std::string &path, uint64_t &fingerprint)
+{
+  Reader r(path);
+  std::vector<ArchiveEntry> entries;
+  const std::string error = read_directory(r, entries);
+  if (!error.empty()) return error;
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> inflater;  // opened for the first deflated entry
+  for (const ArchiveEntry &entry : entries) {
+    const std::string &name = entry.name;
+    const uint32_t want = entry.crc;
+    const uint64_t usize = entry.size;
     fnv(fingerprint, name.data(), name.size());
     fnv(fingerprint, &want, sizeof want);
     fnv(fingerprint, &usize, sizeof usize);
-    if (method == 8) {  // deflated: libtorch inflates it (without checking), the CRC is checked here
+    if (entry.method == 8) {  // deflated: libtorch inflates it (without checking), the CRC is checked here
       uint32_t got = 0;
       try {
         if (!inflater) inflater = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
@@ -163,13 +193,13 @@ std::string check_entries(const std::string &path, uint64_t &fingerprint)
       if (got != want) return "is damaged: the checksum of entry '" + name + "' does not match its contents";
       continue;
     }
-    if (method != 0) return "has entry '" + name + "' stored with zip method " + std::to_string(method) +
-                            ", which TorchScript archives do not use";
-    std::vector<unsigned char> head;
-    if (!r.read(local, 30, head) || le(&head[0], 4) != kLocalSig) return "is damaged (entry '" + name + "' lost its header)";
-    const uint64_t data = local + 30 + le(&head[26], 2) + le(&head[28], 2);
+    if (entry.method != 0) return "has entry '" + name + "' stored with zip method " + std::to_string(entry.method) +
+                                  ", which TorchScript archives do not use";
+    uint64_t data = 0;
+    if (!data_offset(r, entry, data)) return "is damaged (entry '" + name + "' lost its header)";
     uint32_t got = 0;
-    if (csize != usize || !r.crc(data, csize, got)) return "is truncated or damaged (entry '" + name + "')";
+    if (entry.compressed_size != usize || !r.crc(data, usize, got))
+      return "is truncated or damaged (entry '" + name + "')";
     if (got != want) return "is damaged: the checksum of entry '" + name + "' does not match its contents";
   }
   return "";
@@ -186,6 +216,38 @@ ArchiveCheck check_archive(const std::string &path)
   Reader r(path);
   out.zip = r.ok() && r.read(0, 4, head) && le(head.data(), 4) == kLocalSig;
   return out;
+}
+
+std::vector<ArchiveEntry> archive_entries(const std::string &path)
+{
+  Reader r(path);
+  std::vector<ArchiveEntry> entries;
+  if (!read_directory(r, entries).empty()) entries.clear();
+  return entries;
+}
+
+std::string read_stored_entry(const std::string &path, const std::string &name, std::string &out)
+{
+  Reader r(path);
+  std::vector<ArchiveEntry> entries;
+  std::string error = read_directory(r, entries);
+  if (!error.empty()) return error;
+  for (const ArchiveEntry &entry : entries) {
+    if (entry.name != name) continue;
+    if (entry.method != 0)
+      return "has entry '" + name + "' compressed (zip method " + std::to_string(entry.method) +
+             "); the runtime reads it only stored uncompressed, as torch writes it";
+    uint64_t data = 0;
+    std::vector<unsigned char> bytes;
+    if (entry.compressed_size != entry.size || !data_offset(r, entry, data) ||
+        !r.read(data, static_cast<size_t>(entry.size), bytes))
+      return "is truncated or damaged (entry '" + name + "')";
+    if (crc32(bytes.data(), bytes.size()) != entry.crc)
+      return "is damaged: the checksum of entry '" + name + "' does not match its contents";
+    out.assign(bytes.begin(), bytes.end());
+    return "";
+  }
+  return "has no entry '" + name + "'";
 }
 
 }  // namespace equiformer

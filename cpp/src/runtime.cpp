@@ -1,13 +1,17 @@
-// Implementation of equiformer::Model over libtorch (TorchScript).
+// Implementation of equiformer::Model over libtorch: TorchScript files and compiled
+// AOTInductor packages (.pt2).
 #include "equiformer/runtime.h"
 
 #include "archive.h"
 
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <torch/version.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,6 +29,7 @@ namespace {
 constexpr const char *kFormat = "equiformer-model";
 constexpr int kFormatVersion = 1;
 constexpr const char *kHowToExport = "create one with `equiformer-export CHECKPOINT.pt MODEL.pt`";
+constexpr const char *kHowToExportPackage = "create one with `equiformer-export CHECKPOINT.pt MODEL.pt2`";
 
 const char *const kMetaKeys[] = {"format",        "format_version", "package_version",
                                  "cutoff",        "num_layers",     "interaction_range",
@@ -126,6 +131,178 @@ torch::Device resolve_device(const std::string &requested)
   throw Error("unknown device '" + requested + "'; use cpu, cuda, cuda:K or auto");
 }
 
+// ---- compiled packages (.pt2)
+
+// A JSON object whose values are strings (a package's wrapper_metadata.json) into OUT;
+// numbers, true, false and null are kept as their text. False on anything else.
+bool parse_string_map(const std::string &text, std::unordered_map<std::string, std::string> &out)
+{
+  size_t p = 0;
+  auto skip = [&] {
+    while (p < text.size() && (text[p] == ' ' || text[p] == '\t' || text[p] == '\n' || text[p] == '\r')) ++p;
+  };
+  auto hex4 = [&](uint32_t &v) {
+    if (p + 4 > text.size()) return false;
+    v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const char c = text[p++];
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= static_cast<uint32_t>(c - '0');
+      else if (c >= 'a' && c <= 'f') v |= static_cast<uint32_t>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F') v |= static_cast<uint32_t>(c - 'A' + 10);
+      else return false;
+    }
+    return true;
+  };
+  auto utf8 = [](uint32_t c, std::string &s) {
+    if (c < 0x80) {
+      s += static_cast<char>(c);
+    } else if (c < 0x800) {
+      s += static_cast<char>(0xC0 | (c >> 6));
+      s += static_cast<char>(0x80 | (c & 0x3F));
+    } else if (c < 0x10000) {
+      s += static_cast<char>(0xE0 | (c >> 12));
+      s += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+      s += static_cast<char>(0x80 | (c & 0x3F));
+    } else {
+      s += static_cast<char>(0xF0 | (c >> 18));
+      s += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+      s += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+      s += static_cast<char>(0x80 | (c & 0x3F));
+    }
+  };
+  auto string = [&](std::string &s) {
+    if (p >= text.size() || text[p] != '"') return false;
+    ++p;
+    s.clear();
+    while (p < text.size()) {
+      const char c = text[p++];
+      if (c == '"') return true;
+      if (static_cast<unsigned char>(c) < 0x20) return false;
+      if (c != '\\') {
+        s += c;
+        continue;
+      }
+      if (p >= text.size()) return false;
+      const char e = text[p++];
+      switch (e) {
+        case '"': s += '"'; break;
+        case '\\': s += '\\'; break;
+        case '/': s += '/'; break;
+        case 'b': s += '\b'; break;
+        case 'f': s += '\f'; break;
+        case 'n': s += '\n'; break;
+        case 'r': s += '\r'; break;
+        case 't': s += '\t'; break;
+        case 'u': {
+          uint32_t c1 = 0;
+          if (!hex4(c1)) return false;
+          if (c1 >= 0xD800 && c1 < 0xDC00) {  // a surrogate pair
+            uint32_t c2 = 0;
+            if (p + 2 > text.size() || text[p] != '\\' || text[p + 1] != 'u') return false;
+            p += 2;
+            if (!hex4(c2) || c2 < 0xDC00 || c2 >= 0xE000) return false;
+            c1 = 0x10000 + ((c1 - 0xD800) << 10) + (c2 - 0xDC00);
+          } else if (c1 >= 0xDC00 && c1 < 0xE000) {
+            return false;
+          }
+          utf8(c1, s);
+          break;
+        }
+        default: return false;
+      }
+    }
+    return false;
+  };
+  out.clear();
+  skip();
+  if (p >= text.size() || text[p++] != '{') return false;
+  skip();
+  if (p < text.size() && text[p] == '}') {
+    ++p;
+  } else {
+    while (true) {
+      std::string key, value;
+      skip();
+      if (!string(key)) return false;
+      skip();
+      if (p >= text.size() || text[p++] != ':') return false;
+      skip();
+      if (p < text.size() && text[p] == '"') {
+        if (!string(value)) return false;
+      } else {  // a scalar literal, kept as text
+        const size_t b = p;
+        while (p < text.size() && std::string(",} \t\r\n").find(text[p]) == std::string::npos) ++p;
+        value = text.substr(b, p - b);
+        if (value.empty() || value[0] == '{' || value[0] == '[') return false;
+      }
+      out[key] = value;
+      skip();
+      if (p >= text.size()) return false;
+      if (text[p] == ',') {
+        ++p;
+        continue;
+      }
+      if (text[p++] != '}') return false;
+      break;
+    }
+  }
+  skip();
+  return p == text.size();
+}
+
+// Whether the archive is a PyTorch 2 archive (.pt2): an entry <stem>/archive_format holding
+// "pt2". Sets META_ENTRY to the compiled model's metadata entry ("" when there is none, or
+// several).
+bool is_pt2_archive(const std::string &path, std::string &meta_entry)
+{
+  bool pt2 = false;
+  int found = 0;
+  meta_entry.clear();
+  for (const ArchiveEntry &e : archive_entries(path)) {
+    const std::string &n = e.name;
+    const std::string tag = "archive_format";
+    if (!pt2 && (n == tag || (n.size() > tag.size() && n.compare(n.size() - tag.size(), tag.size(), tag) == 0 &&
+                              n[n.size() - tag.size() - 1] == '/'))) {
+      std::string text;
+      if (e.size < 64 && read_stored_entry(path, n, text).empty() && trim(text) == "pt2") pt2 = true;
+    }
+    const std::string suffix = "wrapper_metadata.json";
+    if (n.find("/data/aotinductor/model/") != std::string::npos && n.size() >= suffix.size() &&
+        n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      meta_entry = n;
+      ++found;
+    }
+  }
+  if (found != 1) meta_entry.clear();
+  return pt2;
+}
+
+// the torch release this runtime was compiled against, e.g. "2.9.1"
+std::string runtime_torch_version()
+{
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+}
+
+// ATen's CPU capability names in the order of the x86 instruction sets they use ("NO AVX" is
+// ATen's name for DEFAULT there); other architectures' names are compared for equality only
+int x86_cpu_level(const std::string &isa)
+{
+  if (isa == "DEFAULT" || isa == "NO AVX") return 0;
+  if (isa == "AVX2") return 1;
+  if (isa == "AVX512") return 2;
+  return -1;
+}
+
+bool cpu_supports(const std::string &isa, const std::string &here)
+{
+  if (isa == here) return true;
+  const int want = x86_cpu_level(isa), have = x86_cpu_level(here);
+  if (isa == "DEFAULT" || isa == "NO AVX") return true;  // baseline code runs on every CPU of its architecture
+  return want >= 0 && have >= 0 && have >= want;
+}
+
 }  // namespace
 
 double energy_conversion(const std::string &from, const std::string &to)
@@ -169,6 +346,17 @@ struct Model::Impl {
   bool feature_layers = false;
   uint64_t fingerprint = 0;
   int64_t chunked_edges = -1;  // the model's threshold for its chunked schedule (-1: never)
+  // a compiled AOTInductor package (.pt2) instead of a TorchScript module
+  bool package = false;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+
+  // the format's metadata checks, the same for TorchScript files and packages (META filled)
+  void read_metadata(const std::string &kind, const char *how_to_export);
+  void load_package(const std::string &meta_entry, const std::string &requested_device);
+  // one call of the package: OUT's energy and atom energies, GVEC = dE/d(edge vector) [3 E]
+  void run_package(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
+                   const int64_t *dst, const double *edge_vectors, int64_t n_local, Result &out,
+                   std::vector<double> &gvec) const;
   mutable std::vector<int64_t> feature_sizes;  // layer_feature_sizes(), found on first use
 
   // one per-layer evaluation (compute_layered): atom energies [N] and dE/d(edge vector) [E, 3]
@@ -225,6 +413,14 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
     throw Error("model file '" + path + "' " + archive.damage + "; the file was corrupted (disk, copy or "
                 "transfer): copy it again or re-export it with equiformer-export");
   m.fingerprint = archive.fingerprint;
+
+  // a compiled package is recognised by its content (the archive_format entry), not its name
+  std::string meta_entry;
+  if (is_pt2_archive(path, meta_entry)) {
+    m.load_package(meta_entry, device);
+    return;
+  }
+
   m.device = resolve_device(device);
   m.device_name = m.device.str();
 
@@ -239,10 +435,26 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
                 "); " + kHowToExport);
   }
   for (auto &kv : extra) m.meta[kv.first] = trim(kv.second);
+  m.read_metadata("a TorchScript file", kHowToExport);
 
+  for (const char *name : {"chunked_edges", "layerwise_edges"})  // the second: files exported before
+    if (m.module.hasattr(name) && m.module.attr(name).isInt()) {
+      m.chunked_edges = m.module.attr(name).toInt();
+      break;
+    }
+  m.module.eval();
+  auto has = [&](const char *method) { return m.module.find_method(method).has_value(); };
+  m.feature_layers = has("edge_features") && has("layer") && has("layer_by_chunks") && has("layer_vjp") &&
+                     has("edge_features_vjp");
+  m.layer_methods = m.feature_layers || (has("embed") && has("block") && has("readout"));
+}
+
+void Model::Impl::read_metadata(const std::string &kind, const char *how_to_export)
+{
+  Impl &m = *this;
   if (m.meta["format"] != kFormat)
-    throw Error("'" + path + "' is a TorchScript file but not an exported Equiformer model (no 'format' = '" +
-                kFormat + "' metadata); " + kHowToExport);
+    throw Error("'" + path + "' is " + kind + " but not an exported Equiformer model (no 'format' = '" +
+                kFormat + "' metadata); " + how_to_export);
   const std::string &ver = m.meta["format_version"];
   if (ver != std::to_string(kFormatVersion))
     throw Error("'" + path + "' has model format version " + (ver.empty() ? "(none)" : ver) +
@@ -262,11 +474,6 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
                             ? m.cutoff * (m.num_layers + 2)
                             : parse_double(path, "interaction_range", m.meta["interaction_range"]);
   m.energy_offset = m.meta["energy_offset"].empty() ? 0.0 : parse_double(path, "energy_offset", m.meta["energy_offset"]);
-  for (const char *name : {"chunked_edges", "layerwise_edges"})  // the second: files exported before
-    if (m.module.hasattr(name) && m.module.attr(name).isInt()) {
-      m.chunked_edges = m.module.attr(name).toInt();
-      break;
-    }
   m.symbols = split(m.meta["species_symbols"]);
   for (const auto &z : split(m.meta["atomic_numbers"]))
     m.numbers.push_back(static_cast<int>(parse_int(path, "atomic_numbers", z)));
@@ -285,12 +492,64 @@ Model::Model(const std::string &path, const std::string &device) : impl_(new Imp
     m.dtype = torch::kFloat32;
   else
     throw Error("'" + path + "' has dtype '" + m.dtype_name + "', this runtime supports float32 and float64");
+}
 
-  m.module.eval();
-  auto has = [&](const char *method) { return m.module.find_method(method).has_value(); };
-  m.feature_layers = has("edge_features") && has("layer") && has("layer_by_chunks") && has("layer_vjp") &&
-                     has("edge_features_vjp");
-  m.layer_methods = m.feature_layers || (has("embed") && has("block") && has("readout"));
+// A compiled AOTInductor package: its metadata is read from the archive and checked before
+// its compiled code is loaded (code built for another torch or CPU must not run at all).
+void Model::Impl::load_package(const std::string &meta_entry, const std::string &requested_device)
+{
+  if (meta_entry.empty())
+    throw Error("'" + path + "' is a .pt2 archive but not an exported Equiformer model (no compiled model "
+                "metadata); " + kHowToExportPackage);
+  std::string text;
+  const std::string problem = read_stored_entry(path, meta_entry, text);
+  if (!problem.empty()) throw Error("model file '" + path + "' " + problem + "; re-export it with equiformer-export");
+  std::unordered_map<std::string, std::string> raw;
+  if (!parse_string_map(text, raw))
+    throw Error("'" + path + "': its metadata entry '" + meta_entry + "' is not a JSON object of strings; the file "
+                "is damaged or was not written by equiformer-export");
+  for (auto &kv : raw) meta[kv.first] = trim(kv.second);
+  package = true;
+  read_metadata("a .pt2 package", kHowToExportPackage);
+  if (meta["container"] != "aoti")
+    throw Error("'" + path + "' is a .pt2 archive but not an exported Equiformer model (container '" +
+                meta["container"] + "', expected 'aoti'); " + kHowToExportPackage);
+
+  const std::string built = meta["torch_version"].substr(0, meta["torch_version"].find('+'));
+  const std::string here = runtime_torch_version();
+  if (built != here)
+    throw Error("'" + path + "' was compiled with torch " + (built.empty() ? "(unknown)" : built) +
+                ", this runtime uses torch " + here + "; a .pt2 runs only with the torch it was compiled with: "
+                "re-export it on this machine (or use the TorchScript .pt file)");
+
+  // the package runs on the device kind it was compiled for; "auto" follows it
+  const std::string compiled_for = meta["AOTI_DEVICE_KEY"].empty() ? "cpu" : meta["AOTI_DEVICE_KEY"];
+  const bool cuda_package = compiled_for.rfind("cuda", 0) == 0;
+  const std::string wanted = trim(requested_device);
+  device = resolve_device(wanted == "auto" ? (cuda_package ? "cuda" : "cpu") : wanted);
+  device_name = device.str();
+  if (device.is_cuda() != cuda_package)
+    throw Error("'" + path + "' was compiled for " + compiled_for + " and cannot run on " + device_name +
+                "; use device " + (cuda_package ? "cuda" : "cpu") + " (or auto), or export the package on the "
+                "device it will run on (or use the TorchScript .pt file)");
+  if (!cuda_package) {
+    const std::string isa = meta["cpu_capability"], cpu = at::get_cpu_capability();
+    if (!isa.empty() && !cpu_supports(isa, cpu))
+      throw Error("'" + path + "' was compiled for " + isa + " CPUs, this CPU supports " + cpu +
+                  ": compile the package on the CPU family it runs on (or use the TorchScript .pt file)");
+  }
+
+  try {
+    const c10::DeviceIndex index = device.is_cuda() ? device.index() : static_cast<c10::DeviceIndex>(-1);
+    loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, index);
+  } catch (const std::exception &e) {
+    std::string why = trim(e.what());
+    why = why.substr(0, why.find('\n'));
+    throw Error("'" + path + "': the compiled package cannot be loaded here (" + why + "); re-export it on this "
+                "machine with `equiformer-export CHECKPOINT.pt MODEL.pt2` (or use the TorchScript .pt file)");
+  }
+  layer_methods = false;  // no per-layer entry points in a package (yet)
+  chunked_edges = -1;     // always one pass
 }
 
 Model::~Model() = default;
@@ -310,6 +569,7 @@ double Model::energy_offset() const { return impl_->energy_offset; }
 double Model::min_distance() const { return impl_->min_distance; }
 const std::string &Model::device() const { return impl_->device_name; }
 bool Model::has_layer_methods() const { return impl_->layer_methods; }
+bool Model::is_package() const { return impl_->package; }
 uint64_t Model::fingerprint() const { return impl_->fingerprint; }
 
 std::string Model::metadata(const std::string &key) const
@@ -342,6 +602,9 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
 {
   const Impl &m = *impl_;
   if (!m.feature_sizes.empty()) return m.feature_sizes;
+  if (m.package)
+    throw Error("'" + m.path + "' is a compiled .pt2 package, which has no per-layer methods (docs/model-format.md) "
+                "for per-layer exchange yet; use the TorchScript .pt file (or another mode)");
   if (!m.layer_methods)
     throw Error("'" + m.path + "' does not export the per-layer methods (docs/model-format.md) needed for per-layer "
                 "exchange; re-export it with this package's equiformer-export (or use another mode)");
@@ -590,6 +853,54 @@ static void edge_gradient_to_forces(int64_t n_edges, const int64_t *src, const i
   }
 }
 
+// Number of nodes and edges appended to every package call (an isolated dimer of species 0,
+// half a cutoff apart, one edge each way): AOTInductor's shape checks need at least two of
+// each. Python pads the same way (equiformer/export/aoti.py: pad_graph).
+constexpr int64_t kPadNodes = 2, kPadEdges = 2;
+
+void Model::Impl::run_package(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
+                              const int64_t *dst, const double *edge_vectors, int64_t n_local, Result &out,
+                              std::vector<double> &gvec) const
+{
+  try {
+    torch::NoGradGuard no_grad;
+    const int64_t n = n_atoms + kPadNodes, e = n_edges + kPadEdges;
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    torch::Tensor t_species = torch::zeros({n}, i64);
+    std::copy(species, species + n_atoms, t_species.data_ptr<int64_t>());
+    torch::Tensor t_index = torch::empty({2, e}, i64);
+    int64_t *row_src = t_index.data_ptr<int64_t>(), *row_dst = row_src + e;
+    std::copy(src, src + n_edges, row_src);
+    std::copy(dst, dst + n_edges, row_dst);
+    row_src[n_edges] = n_atoms;          // n -> n + 1
+    row_dst[n_edges] = n_atoms + 1;
+    row_src[n_edges + 1] = n_atoms + 1;  // n + 1 -> n
+    row_dst[n_edges + 1] = n_atoms;
+    torch::Tensor t_vec = torch::zeros({e, 3}, torch::TensorOptions().dtype(torch::kFloat64));
+    double *v = t_vec.data_ptr<double>();
+    std::copy(edge_vectors, edge_vectors + 3 * n_edges, v);
+    v[3 * n_edges] = 0.5 * cutoff;
+    v[3 * (n_edges + 1)] = -0.5 * cutoff;
+    std::vector<torch::Tensor> inputs{t_species.to(device), t_index.to(device), t_vec.to(device, dtype),
+                                      torch::tensor(n_local, i64).to(device)};
+    std::vector<torch::Tensor> outputs = loader->run(inputs);
+    if (outputs.size() != 2 || outputs[0].numel() != n || outputs[1].numel() != 3 * e)
+      throw Error("the compiled package returned outputs of unexpected shapes (expected atom energies [" +
+                  std::to_string(n) + "] and an edge gradient [" + std::to_string(e) + ", 3])");
+    torch::Tensor ae = outputs[0].to(torch::kCPU, torch::kFloat64).contiguous();
+    torch::Tensor gv = outputs[1].to(torch::kCPU, torch::kFloat64).contiguous();
+    std::copy(ae.data_ptr<double>(), ae.data_ptr<double>() + n_atoms, out.atom_energies.begin());
+    double energy = 0.0;
+    for (int64_t i = 0; i < n_local; ++i) energy += out.atom_energies[i];
+    out.energy = energy;
+    gvec.assign(gv.data_ptr<double>(), gv.data_ptr<double>() + 3 * n_edges);
+  } catch (const Error &) {
+    throw;
+  } catch (const std::exception &e) {
+    throw evaluation_error(path, device_name, e);
+  }
+}
+
 void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
                             const int64_t *dst, const double *edge_vectors, int64_t n_local, bool want_atom_virial,
                             LayerExchange &exchange, Result &out) const
@@ -680,6 +991,12 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
   out.min_distance = shortest_edge(n_edges, edge_vectors);
   // No local atom: the local energy is an empty sum, all its derivatives vanish.
   if (n_local == 0) return;
+  if (m.package) {
+    std::vector<double> gvec;
+    m.run_package(n_atoms, species, n_edges, src, dst, edge_vectors, n_local, out, gvec);
+    edge_gradient_to_forces(n_edges, src, dst, edge_vectors, gvec.data(), want_atom_virial, out);
+    return;
+  }
 
   try {
     torch::Tensor t_species, t_index, t_vec;

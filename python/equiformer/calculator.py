@@ -9,12 +9,13 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .data.neighbors import neighbor_list
-from .export.contract import metadata_files, warn_close_atoms
+from .export.contract import metadata_files, open_engine_model, warn_close_atoms
 from .model_info import ModelInfo
 
 
 class EquiformerCalculator(Calculator):
-    """``EquiformerCalculator(model="MODEL.pt")`` or ``EquiformerCalculator(checkpoint="CKPT.pt")``.
+    """``EquiformerCalculator(model="MODEL.pt")`` (or a compiled ``MODEL.pt2``) or
+    ``EquiformerCalculator(checkpoint="CKPT.pt")``.
 
     Properties: energy, free_energy, energies (per atom), forces, stress (periodic cells).
     A per-structure ``energy_offset`` (official MD17 imports) is added to the energy and
@@ -30,7 +31,7 @@ class EquiformerCalculator(Calculator):
         self.device = torch.device(device)
         if model is not None:
             self.info = ModelInfo.read(model)
-            self.engine = torch.jit.load(model, map_location=self.device)
+            self.engine = open_engine_model(model, self.device)
         else:
             from .export.torchscript import EquiformerEngineModel, metadata_of
             from .train.checkpoint import model_from_checkpoint

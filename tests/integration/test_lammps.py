@@ -584,6 +584,63 @@ def test_real_equiformer_attention_head(tmp_path, real_models):
 
 
 # ---------------------------------------------------------------------------------------
+# a compiled AOTInductor package (.pt2) of the same model: the TorchScript file's numbers
+
+
+def _assert_same_run(got, want, rel=1e-10, atom_virial=True):
+    """Two runs of the same model (dump frames, RESULT): equal to REL relative (per-atom
+    virials only with ATOM_VIRIAL: ghost mode splits them differently, with the same sum)."""
+    (frames, res, _), (base, base_res, _) = got, want
+    assert len(frames) == len(base)
+    for f, b in zip(frames, base):
+        assert np.allclose(f[:, :5], b[:, :5], rtol=0, atol=rel * max(1.0, np.abs(b[:, 2:5]).max()))  # id type x
+        assert np.allclose(f[:, 5:8], b[:, 5:8], rtol=0, atol=rel * np.abs(b[:, 5:8]).max())  # forces
+        assert np.allclose(f[:, 8], b[:, 8], rtol=0, atol=rel * np.abs(b[:, 8]).max())  # pe/atom
+        if atom_virial:
+            assert np.allclose(f[:, 9:], b[:, 9:], rtol=0, atol=rel * np.abs(b[:, 9:]).max())  # stress/atom
+    for key in ("pe", "spe", "press", "temp", "s1", "s2", "s3", "s4", "s5", "s6"):
+        assert abs(res[key] - base_res[key]) <= rel * max(1.0, abs(base_res[key])), key
+    vir, base_vir = virial_from(res), virial_from(base_res)
+    assert np.allclose(vir, base_vir, rtol=0, atol=rel * np.abs(base_vir).max())
+
+
+def test_compiled_package_equals_torchscript(tmp_path_factory, compiled_pair):
+    """The .pt2 package gives the .pt file's energy, forces, per-atom energies, virials and
+    20-step NVE trajectory (one rank, mode map; float64: 1e-10 relative)."""
+    want = _real_run(tmp_path_factory, compiled_pair["pt"], 1, "map", "on")
+    got = _real_run(tmp_path_factory, compiled_pair["pt2"], 1, "map", "on")
+    _assert_same_run(got, want)
+
+
+def test_compiled_package_ghost_mode(tmp_path, compiled_pair):
+    """On two ranks mode auto picks ghost for a package (no per-layer methods); step 0 equals
+    the one-rank map run (equal to the .pt file's, above; the graphs differ in edge order:
+    1e-8 relative)."""
+    system = _cu_system()
+    runs = {}
+    for np_, mode in ((1, "map"), (2, "auto")):
+        d = tmp_path / f"{np_}-{mode}"
+        d.mkdir()
+        write_data(str(d / "data.lmp"), system, ["Cu"])
+        proc = run_lammps(d, simple_input(compiled_pair["pt2"], ["Cu"], extra_pair=f"mode {mode}"), np_=np_)
+        runs[np_] = ([parse_dump(d / "out.dump")[0]], parse_result(proc.stdout)[0], d)
+        assert "compiled .pt2 package" in proc.stdout
+    assert "mode ghost" in proc.stdout
+    _assert_same_run(runs[2], runs[1], rel=1e-8, atom_virial=False)
+
+
+def test_compiled_package_refuses_layer_mode(tmp_path, compiled_pair):
+    write_data(str(tmp_path / "data.lmp"), _cu_system(), ["Cu"])
+    script = header() + "read_data data.lmp\npair_style equiformer mode layer\n" \
+        f"pair_coeff * * {compiled_pair['pt2']} Cu\nrun 0\n"
+    proc = run_lammps(tmp_path, script, check=False, timeout=60)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    assert len(errors) >= 1 and ("mode layer needs the per-layer methods, which a .pt2 package" in errors[0]
+                                 and "use mode ghost or map" in errors[0]), errors
+
+
+# ---------------------------------------------------------------------------------------
 # units, energy offset, hybrid/overlay
 
 

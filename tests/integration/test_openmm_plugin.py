@@ -507,3 +507,61 @@ def test_damaged_model_file(tmp_path):
     system = make_system(2)
     system.addForce(EquiformerForce(good, ["Cu", "Cu"]))
     openmm.Context(system, openmm.VerletIntegrator(1e-4), openmm.Platform.getPlatformByName("Reference"))
+
+
+# --------------------------------------------------------------------------------------------
+# a compiled AOTInductor package (.pt2): the TorchScript file's numbers, and its refusals
+
+
+def test_compiled_package_equals_torchscript(compiled_pair):
+    """EquiformerForce with the .pt2 package gives the .pt file's energy and forces (same
+    model, float64: 1e-10 relative), periodic and for a single atom (no edge)."""
+    cell = np.eye(3) * 0.72  # a rattled fcc Cu cell (32 atoms, 7.2 A)
+    rng = np.random.default_rng(1)
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    pos = np.array([(b + np.array(k)) * 0.36 for k in np.ndindex(2, 2, 2) for b in base])
+    pos += rng.normal(scale=0.001, size=pos.shape)
+    for positions, box in ((pos, cell), (np.zeros((1, 3)), None)):
+        results = []
+        for kind in ("pt", "pt2"):
+            system = make_system(len(positions), box)
+            system.addForce(EquiformerForce(compiled_pair[kind], ["Cu"] * len(positions), periodic=box is not None))
+            results.append(evaluate(system, positions, "CPU", box))
+        (e_pt, f_pt), (e_pt2, f_pt2) = results
+        assert abs(e_pt2 - e_pt) <= 1e-10 * abs(e_pt), (e_pt2, e_pt)
+        assert np.abs(f_pt2 - f_pt).max() <= 1e-10 * max(1.0, np.abs(f_pt).max())
+
+
+def _edited_package(source, target, edit):
+    """A copy of the package SOURCE with its metadata JSON changed by EDIT(dict) (entries
+    rewritten stored, as torch writes them, with fresh checksums)."""
+    import json
+    import zipfile
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("wrapper_metadata.json"):
+                meta = json.loads(data)
+                edit(meta)
+                data = json.dumps(meta).encode()
+            zout.writestr(info.filename, data, compress_type=zipfile.ZIP_STORED)
+    return str(target)
+
+
+def test_compiled_package_refusals(compiled_pair, tmp_path):
+    """A package without the format metadata, one compiled with another torch and one for
+    another CPU family: clear errors when the Context is created, no crash."""
+    cases = {
+        "no-format": (lambda m: m.pop("format"), "is a .pt2 package but not an exported Equiformer model"),
+        "old-torch": (lambda m: m.update(torch_version="1.0.0"),
+                      "was compiled with torch 1.0.0, this runtime uses torch"),
+        "other-cpu": (lambda m: m.update(cpu_capability="SVE256"), "compile the package on the CPU family"),
+    }
+    for name, (edit, needle) in cases.items():
+        path = _edited_package(compiled_pair["pt2"], tmp_path / f"{name}.pt2", edit)
+        system = make_system(2)
+        system.addForce(EquiformerForce(path, ["Cu", "Cu"]))
+        message = context_error(system)
+        assert needle in message and path in message, message
+        if name == "no-format":
+            assert "equiformer-export CHECKPOINT.pt MODEL.pt2" in message, message

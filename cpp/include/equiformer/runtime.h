@@ -43,13 +43,15 @@ class LayerExchange {
   virtual void reverse(double *g, int64_t n_nodes, int64_t F) = 0;
 };
 
-// An exported model (docs/model-format.md), called whole (compute) or layer by layer with an
+// An exported model (docs/model-format.md): a TorchScript file or a compiled AOTInductor
+// package (.pt2, recognised by its contents), called whole (compute) or layer by layer with an
 // exchange of node features between layers (compute_layered). Opaque handles keep libtorch
 // out of this header.
 class Model {
  public:
   // Loads PATH on DEVICE: "cpu", "cuda", "cuda:K" or "auto" (first GPU when libtorch
-  // sees one, else the CPU). Throws equiformer::Error with a message naming the fix.
+  // sees one, else the CPU; for a .pt2 package the device kind it was compiled for).
+  // Throws equiformer::Error with a message naming the fix.
   explicit Model(const std::string &path, const std::string &device = "cpu");
   ~Model();
   Model(Model &&) noexcept;
@@ -72,6 +74,9 @@ class Model {
   double min_distance() const;
   const std::string &device() const;      // the device actually used, e.g. "cpu", "cuda:0"
   bool has_layer_methods() const;         // exports the per-layer methods (either protocol of the format doc)
+  // A compiled AOTInductor package (.pt2) rather than a TorchScript file: evaluated in one
+  // pass by compute(); no per-layer methods yet.
+  bool is_package() const;
   // Digest of the file's contents (entry names, sizes, checksums): ranks of a parallel run
   // compare it to be sure they loaded the same model.
   uint64_t fingerprint() const;

@@ -1,4 +1,5 @@
-"""equiformer-export: a checkpoint -> the TorchScript model file every engine loads."""
+"""equiformer-export: a checkpoint -> the model file every engine loads (TorchScript .pt, or a
+compiled AOTInductor .pt2 package)."""
 
 import argparse
 import os
@@ -29,10 +30,15 @@ def check_outputs(inputs, outputs, overwrite: bool) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="equiformer-export",
-        description="Write a checkpoint as an engine model (TorchScript + metadata, docs/model-format.md).",
+        description="Write a checkpoint as an engine model (TorchScript .pt or compiled .pt2, with metadata; "
+                    "docs/model-format.md).",
     )
     p.add_argument("checkpoint", help="checkpoint written by equiformer-train (or an official one with --official-recipe)")
-    p.add_argument("output", help="model file to write, e.g. model.pt")
+    p.add_argument("output", help="model file to write: model.pt (TorchScript) or model.pt2 (compiled package)")
+    p.add_argument("--format", choices=["torchscript", "aoti"],
+                   help="torchscript (a .pt file, runs anywhere with the same torch major version) or aoti (an "
+                        "AOTInductor package, compiled for this machine's CPU and torch version); default: from "
+                        "the extension (.pt2: aoti)")
     p.add_argument("--dtype", default="float64", help="float32 (fast) or float64 (reference); default float64")
     p.add_argument("--device", default="cpu", help="cpu or cuda (engines may move the model); default cpu")
     p.add_argument("--chunked-above", "--layerwise-above", type=int, metavar="EDGES", dest="chunked_above",
@@ -67,7 +73,7 @@ def main(argv=None) -> int:
                                              metadata={"source": f"official checkpoint {args.checkpoint}"}),
                             args.write_checkpoint)
         meta = export_model(model, args.output, dtype=args.dtype, device=args.device,
-                            chunked_edges=args.chunked_above, min_distance=args.min_distance)
+                            chunked_edges=args.chunked_above, min_distance=args.min_distance, fmt=args.format)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"equiformer-export: error: {exc}", file=sys.stderr)
         return 2

@@ -160,11 +160,30 @@ def configure_torchscript() -> None:
 REEXPORT = "copy it again or re-export it with `equiformer-export CHECKPOINT.pt MODEL.pt`"
 
 
-def load_engine_model(path: str, map_location="cpu") -> torch.jit.ScriptModule:
-    """An exported model, loaded for running (see configure_torchscript)."""
+def load_engine_model(path: str, map_location="cpu"):
+    """An exported model, loaded for running as the C++ runtime runs it (see
+    configure_torchscript; a .pt2 package is not TorchScript and needs no setting)."""
     check_archive(path, "model file", REEXPORT)
-    configure_torchscript()
-    return torch.jit.load(path, map_location=map_location)
+    if not is_compiled_package(path):
+        configure_torchscript()
+    return open_engine_model(path, map_location)
+
+
+def is_compiled_package(path: str) -> bool:
+    from .aoti import is_package
+
+    return is_package(path)
+
+
+def open_engine_model(path: str, device="cpu"):
+    """The engine contract's callable of an exported file, TorchScript (.pt) or compiled
+    package (.pt2): ``model(species, edge_index, edge_vectors, n_local) -> dict``. Python
+    routes call this rather than torch.jit.load so that either file works everywhere."""
+    if is_compiled_package(path):
+        from .aoti import PackageEngineModel
+
+        return PackageEngineModel(path, read_metadata(path), str(device))
+    return torch.jit.load(path, map_location=device)
 
 
 def read_metadata(path: str) -> Dict[str, str]:
@@ -173,19 +192,26 @@ def read_metadata(path: str) -> Dict[str, str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path} does not exist")
     check_archive(path, "model file", REEXPORT)
-    raw: Dict[str, object] = {k: "" for k in META_KEYS}
-    try:
-        torch.jit.load(path, map_location="cpu", _extra_files=raw)
-    except Exception as exc:  # a checkpoint, a random file, a truncated file
-        raise ValueError(
-            f"{path} is not an exported Equiformer model (TorchScript load failed: {str(exc).splitlines()[0]}); "
-            "create one with `equiformer-export CHECKPOINT.pt MODEL.pt`"
-        ) from None
-    files = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
+    if is_compiled_package(path):
+        from .aoti import package_files
+
+        files = dict({k: "" for k in META_KEYS}, **package_files(path))
+        kind = "a .pt2 archive"
+    else:
+        raw: Dict[str, object] = {k: "" for k in META_KEYS}
+        try:
+            torch.jit.load(path, map_location="cpu", _extra_files=raw)
+        except Exception as exc:  # a checkpoint, a random file, a truncated file
+            raise ValueError(
+                f"{path} is not an exported Equiformer model (TorchScript load failed: {str(exc).splitlines()[0]}); "
+                "create one with `equiformer-export CHECKPOINT.pt MODEL.pt`"
+            ) from None
+        files = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
+        kind = "a TorchScript file"
     if files[META_FORMAT] != FORMAT:
         raise ValueError(
-            f"{path} is a TorchScript file but not an exported Equiformer model (no '{META_FORMAT}' metadata); "
-            "create one with `equiformer-export CHECKPOINT.pt MODEL.pt`"
+            f"{path} is {kind} but not an exported Equiformer model (no '{META_FORMAT}' metadata); "
+            "create one with `equiformer-export CHECKPOINT.pt MODEL.pt` (or MODEL.pt2)"
         )
     if files[META_FORMAT_VERSION] != str(FORMAT_VERSION):
         raise ValueError(

@@ -155,10 +155,23 @@ def graph_bytes_per_edge(model: Equiformer, dtype: torch.dtype, device: str) -> 
     return max(1.0, (b2 - b1) / max(1, e2 - e1))
 
 
+FORMATS = ("torchscript", "aoti")
+
+
+def format_of(path: str, fmt: Optional[str] = None) -> str:
+    """The export format: ``fmt`` if given, else chosen by the extension (.pt2: aoti)."""
+    if fmt is None:
+        return "aoti" if path.endswith(".pt2") else "torchscript"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
+    return fmt
+
+
 def export_model(model: Equiformer, path: str, dtype: str = "float64", device: str = "cpu",
                  chunked_edges: Optional[int] = None, min_distance: Optional[float] = None, edge_chunk: int = 2048,
-                 layerwise_edges: Optional[int] = None) -> Dict[str, str]:
-    """Script, check against eager on a probe structure, and write atomically. Returns the metadata.
+                 layerwise_edges: Optional[int] = None, fmt: Optional[str] = None) -> Dict[str, str]:
+    """Script (or compile, ``fmt`` "aoti" or a .pt2 path: export/aoti.py), check against eager
+    on a probe structure, and write atomically. Returns the metadata.
 
     ``chunked_edges``: graphs with more edges take the chunked memory schedule (see
     EquiformerEngineModel; ``layerwise_edges`` is its former name); default: where one autograd
@@ -179,6 +192,13 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device on this machine; use --device cpu")
     check_writable(path)
     torch_dtype = DTYPES[dtype]
+    if format_of(path, fmt) == "aoti":
+        if chunked_edges is not None:
+            raise ValueError("a .pt2 package has no chunked route yet (it always evaluates in one pass); leave out "
+                             "the chunked threshold, or export a TorchScript .pt file for very large systems")
+        from .aoti import compile_package
+
+        return compile_package(model, path, torch_dtype, device, metadata_of(model, torch_dtype, device, min_distance))
     model = clone_model(model).to(device=device, dtype=torch_dtype).eval()  # the caller's model is not changed
     # inference needs gradients with respect to edge vectors only: frozen weights let autograd
     # keep far fewer intermediates (about 3x less peak memory for an energy+forces call)

@@ -7,7 +7,9 @@ module when `openmmml` itself is imported, so it only imports light modules at t
 Options (given to `MLPotential(...)` and/or to `createSystem` / `createMixedSystem`, the
 latter winning):
     modelPath       exported model (required, to MLPotential)
-    implementation  'torchforce' (default), 'pythonforce' or 'native' (the C++ plugin)
+    implementation  'torchforce', 'pythonforce' or 'native' (the C++ plugin); default
+                    'torchforce' for a TorchScript .pt file, 'native' for a compiled .pt2
+                    (a TorchForce carries TorchScript only)
     precision       None (model dtype), 'single' or 'double'
     outputsForces   TorchForce only: return the model's forces (default True)
     device          PythonForce and native: torch device of the model (default 'cpu')
@@ -42,7 +44,7 @@ def _check_implementation(implementation) -> str:
 class EquiformerPotentialImplFactory(MLPotentialImplFactory):
     """Creates `EquiformerPotentialImpl` objects for openmm-ml."""
 
-    def createImpl(self, name: str, modelPath=None, implementation: str = "torchforce", precision=None,
+    def createImpl(self, name: str, modelPath=None, implementation=None, precision=None,
                    **args) -> MLPotentialImpl:
         return EquiformerPotentialImpl(name, modelPath, implementation, precision, **args)
 
@@ -56,7 +58,7 @@ class EquiformerPotentialImpl(MLPotentialImpl):
     >>> mixed = potential.createMixedSystem(topology, mm_system, ml_atoms)
     """
 
-    def __init__(self, name: str, modelPath, implementation: str = "torchforce", precision=None, **args):
+    def __init__(self, name: str, modelPath, implementation=None, precision=None, **args):
         from equiformer.model_info import ModelInfo
         from equiformer.openmm.common import resolve_precision
         if modelPath is None:
@@ -65,6 +67,9 @@ class EquiformerPotentialImpl(MLPotentialImpl):
         self.name = name
         self.modelPath = str(modelPath)
         self.info = ModelInfo.read(self.modelPath)  # missing / damaged / non-exported file: fails here
+        if implementation is None:
+            from equiformer.export.contract import is_compiled_package
+            implementation = "native" if is_compiled_package(self.modelPath) else "torchforce"
         self.implementation = _check_implementation(implementation)
         resolve_precision(precision, self.info.dtype, self.modelPath)
         self.precision = precision

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from equiformer.data.neighbors import check_box, neighbor_list
-from equiformer.export.contract import REEXPORT, warn_close_atoms
+from equiformer.export.contract import REEXPORT, open_engine_model, warn_close_atoms
 from equiformer.files import check_archive
 from equiformer.openmm.common import ModelSetup, prepare
 
@@ -47,7 +47,7 @@ class EquiformerComputation:
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
         check_archive(self.setup.model_path, "model file", REEXPORT)
-        self._model = torch.jit.load(self.setup.model_path, map_location=self.device)
+        self._model = open_engine_model(self.setup.model_path, self.device)
         self._species = torch.tensor(self.setup.species, dtype=torch.long, device=self.device)
 
     def edges(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray]):

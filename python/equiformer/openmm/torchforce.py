@@ -126,6 +126,12 @@ class EquiformerOpenMMEnergyModule(torch.nn.Module):
 def build_module(model_path: str, setup: ModelSetup, outputs_forces: bool = True,
                  all_pairs_max_atoms: int = 256) -> torch.jit.ScriptModule:
     """The scripted module for a TorchForce (embedding the exported model file)."""
+    from equiformer.export.contract import is_compiled_package
+
+    if is_compiled_package(setup.model_path):
+        raise ValueError(f"{setup.model_path} is a compiled .pt2 package; a TorchForce carries TorchScript only: use "
+                         "the native EquiformerForce (equiformer.openmm.native, openmm-ml implementation='native') "
+                         "or the PythonForce with it, or export a TorchScript .pt file for the TorchForce")
     model = torch.jit.load(setup.model_path, map_location="cpu")
     core = EquiformerOpenMMModule(model, setup, all_pairs_max_atoms=all_pairs_max_atoms)
     module = core if outputs_forces else EquiformerOpenMMEnergyModule(core)

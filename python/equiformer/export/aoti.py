@@ -1,0 +1,277 @@
+"""Write an Equiformer as a compiled AOTInductor package (`.pt2`, docs/model-format.md).
+
+The package holds one compiled function, traced from the energy and its gradient:
+
+    (species [N] int64, edge_index [2, E] int64, edge_vectors [E, 3] model dtype, n_local [] int64)
+        -> (atom_energies [N] float64, edge_gradient [E, 3] model dtype)
+
+where ``edge_gradient`` is d(sum of the first n_local atom energies)/d(edge vector). Forces
+and virials are assembled from it by the caller, in the one place per language that does so
+(forces.py, the C++ runtime's edge_gradient_to_forces). N and E are dynamic; callers append
+`PAD_NODES` nodes joined by `PAD_EDGES` edges (an isolated dimer that touches no real atom)
+so that the compiled sizes are never below 2, the smallest that AOTInductor's shape checks
+accept: one atom, no edge and one edge take the same path as any graph.
+
+Why the two-step trace: `torch.export` cannot trace `autograd.grad` inside a forward (torch
+2.9), so `make_fx` first traces energy and gradient into one forward-only ATen graph with
+symbolic sizes, and that graph is exported with dynamic N and E. e3nn's spherical harmonics
+must be built in e3nn's eager jit mode for this (its scripted code cannot be traced).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+from ..data.neighbors import neighbor_list
+from ..model import Equiformer
+from .contract import (FORMAT, FORMAT_VERSION, check_writable, engine_outputs, metadata_files)
+
+CONTAINER = "aoti"
+INPUTS = "species edge_index edge_vectors n_local"
+OUTPUTS = "atom_energies edge_gradient"
+PAD_NODES = 2
+PAD_EDGES = 2
+# how closely the compiled package must reproduce the eager model before it is written
+PROBE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+# Inductor settings: threads follow the caller at run time (not the count at compile time);
+# indirect-index bounds checks off (torch 2.9 generates uncompilable vectorised checks for
+# embeddings with one row; indices are checked by the callers, docs/model-format.md)
+INDUCTOR_CONFIGS = {"cpp.dynamic_threads": True, "assert_indirect_indexing": False}
+
+
+class EnergyGradient(torch.nn.Module):
+    """The compiled function: atom energies and d(local energy)/d(edge vectors)."""
+
+    def __init__(self, model: Equiformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                n_local: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            vec = edge_vectors.detach().requires_grad_(True)
+            atom_energies = self.model.atom_energies(species, edge_index, vec)
+            local = torch.arange(atom_energies.shape[0], device=atom_energies.device) < n_local
+            energy = torch.where(local, atom_energies, torch.zeros_like(atom_energies)).sum()
+            (grad,) = torch.autograd.grad([energy], [vec])
+        return atom_energies.detach(), grad.detach()
+
+
+def pad_graph(species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+              cutoff: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Append the padding dimer: two atoms of species 0, half a cutoff apart, with an edge
+    each way (the C++ runtime pads the same way)."""
+    n = species.shape[0]
+    pad_species = torch.zeros(PAD_NODES, dtype=species.dtype, device=species.device)
+    pad_index = torch.tensor([[n, n + 1], [n + 1, n]], dtype=edge_index.dtype, device=edge_index.device)
+    half = 0.5 * cutoff
+    pad_vec = torch.tensor([[half, 0.0, 0.0], [-half, 0.0, 0.0]], dtype=edge_vectors.dtype,
+                           device=edge_vectors.device)
+    return (torch.cat([species, pad_species]), torch.cat([edge_index, pad_index], dim=1),
+            torch.cat([edge_vectors, pad_vec]))
+
+
+@contextmanager
+def e3nn_eager():
+    """e3nn modules built inside use its eager jit mode (traceable)."""
+    import e3nn
+
+    saved = e3nn.get_optimization_defaults()
+    e3nn.set_optimization_defaults(jit_mode="eager")
+    try:
+        yield
+    finally:
+        e3nn.set_optimization_defaults(**saved)
+
+
+def traceable_copy(model: Equiformer, dtype: torch.dtype, device: str) -> Equiformer:
+    """A frozen copy of ``model`` in ``dtype`` whose e3nn parts are traceable."""
+    with e3nn_eager():
+        copy_ = Equiformer(model.hparams)
+    copy_ = copy_.to(device=device, dtype=dtype)
+    copy_.load_state_dict(model.state_dict())
+    copy_.edge_frames = model.edge_frames
+    copy_.eval()
+    for p in copy_.parameters():
+        p.requires_grad_(False)
+    return copy_
+
+
+def trace_graph(module: EnergyGradient, n: int, dtype: torch.dtype, device: str) -> torch.fx.GraphModule:
+    """The forward-only ATen graph of energy + gradient, sizes symbolic, traced on a random
+    cluster of n atoms (padded, as every call is)."""
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    args = example_inputs(module.model, n, dtype, device)
+    return make_fx(module, decomposition_table=core_aten_decompositions(), tracing_mode="symbolic",
+                   _allow_non_fake_inputs=True)(*args)
+
+
+def example_inputs(model: Equiformer, n: int, dtype: torch.dtype, device: str):
+    """Padded inputs of an open cluster of n atoms, every species present."""
+    rng = np.random.default_rng(n)
+    positions = rng.uniform(0.0, 0.9 * model.cutoff, size=(n, 3))
+    edge_index, _, _ = neighbor_list(positions, model.cutoff)
+    vectors = torch.from_numpy(positions[edge_index[0]] - positions[edge_index[1]]).to(device=device, dtype=dtype)
+    species = (torch.arange(n) % len(model.species_symbols)).to(device)
+    species, index, vectors = pad_graph(species, torch.from_numpy(edge_index).to(device), vectors, model.cutoff)
+    return species, index, vectors, torch.tensor(n, device=device)
+
+
+def graph_signature(gm: torch.fx.GraphModule) -> list:
+    return [(node.op, str(node.target)) for node in gm.graph.nodes]
+
+
+def package_metadata(metadata: Dict[str, object]) -> Dict[str, str]:
+    """The format's metadata plus what a compiled package needs to be run safely."""
+    files = metadata_files(metadata)
+    files.update({
+        "container": CONTAINER,
+        "inputs": INPUTS,
+        "outputs": OUTPUTS,
+        "pad_nodes": str(PAD_NODES),
+        "pad_edges": str(PAD_EDGES),
+        "torch_version": torch.__version__.split("+")[0],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    })
+    return files
+
+
+def compile_package(model: Equiformer, path: str, dtype: torch.dtype, device: str,
+                    metadata: Dict[str, object]) -> Dict[str, str]:
+    """Trace, export, compile and check ``model``; write the package atomically to ``path``."""
+    module = EnergyGradient(traceable_copy(model, dtype, device))
+    # two traces of different sizes must give the same graph: a size baked into the graph
+    # (a specialisation) would otherwise pass silently
+    graph = trace_graph(module, 11, dtype, device)
+    if graph_signature(graph) != graph_signature(trace_graph(module, 17, dtype, device)):
+        raise RuntimeError("the traced energy gradient depends on the graph size (a size was specialised); "
+                           "this model cannot be compiled to a .pt2 package")
+    n_dim = torch.export.Dim("atoms", min=PAD_NODES)
+    e_dim = torch.export.Dim("edges", min=PAD_EDGES)
+    args = example_inputs(module.model, 11, dtype, device)
+    program = torch.export.export(graph, args, dynamic_shapes=({0: n_dim}, {1: e_dim}, {0: e_dim}, None),
+                                  strict=False)
+    files = package_metadata(metadata)
+    directory = check_writable(path)
+    tmpdir = tempfile.mkdtemp(prefix=".equiformer-export-", dir=directory)
+    try:
+        tmp = os.path.join(tmpdir, "model.pt2")
+        configs = dict(INDUCTOR_CONFIGS, **{"aot_inductor.metadata": files})
+        torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=configs)
+        check_package(module, tmp, dtype, device)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return files
+
+
+def check_package(module: EnergyGradient, path: str, dtype: torch.dtype, device: str) -> None:
+    """The compiled package must reproduce the eager model on graphs it was not traced on."""
+    runner = torch._inductor.aoti_load_package(path)
+    tol = PROBE_TOLERANCE[dtype]
+    for n in (1, 5, 23):
+        args = example_inputs(module.model, n, dtype, device)
+        want = module(*args)
+        got = runner(*args)
+        for name, a, b in zip(("atom energies", "edge gradient"), want, got):
+            scale = max(1.0, float(a.abs().max()))
+            err = float((a - b).abs().max())
+            if not err <= tol * scale:
+                raise RuntimeError(f"the compiled package's {name} differ from the eager model's by {err:.3g} on "
+                                   f"{n} atoms (tolerance {tol * scale:.3g}); nothing was written")
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def is_package(path: str) -> bool:
+    """Whether ``path`` is a PyTorch 2 archive (an AOTInductor package or other .pt2)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/archive_format") and archive.read(name).strip() == b"pt2"
+                       for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
+def package_files(path: str) -> Dict[str, str]:
+    """The metadata stored in a compiled package, read from the archive without loading its
+    compiled code (which might not run on this machine)."""
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist()
+                 if "/data/aotinductor/model/" in n and n.endswith("wrapper_metadata.json")]
+        if len(names) != 1:
+            raise ValueError(f"{path} is a .pt2 archive but not a compiled model package (no model metadata); "
+                             "create one with `equiformer-export CHECKPOINT.pt MODEL.pt2`")
+        raw = json.loads(archive.read(names[0]).decode())
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def check_runnable(path: str, files: Dict[str, str]) -> None:
+    """Refuse a package this process cannot run, before loading its code."""
+    built = files.get("torch_version", "")
+    here = torch.__version__.split("+")[0]
+    if built != here:
+        raise ValueError(f"{path} was compiled with torch {built or '(unknown)'}, this process runs torch {here}; a "
+                         ".pt2 package runs only with the torch it was compiled with: re-export it here with "
+                         "`equiformer-export CHECKPOINT.pt MODEL.pt2` (or use the TorchScript .pt file)")
+    isa = files.get("cpu_capability", "")
+    if isa and not cpu_supports(isa):
+        raise ValueError(f"{path} was compiled for {isa} CPUs, this CPU supports "
+                         f"{torch.backends.cpu.get_cpu_capability()}: compile the package on the CPU family it runs "
+                         "on (or use the TorchScript .pt file)")
+
+
+# ATen's CPU capabilities: a baseline package runs on any CPU of its architecture; on x86 a
+# package needs at least the vector extension it was compiled for (the C++ runtime agrees)
+BASELINE = ("DEFAULT", "NO AVX")
+X86_LEVELS = ("NO AVX", "AVX2", "AVX512")
+
+
+def cpu_supports(isa: str) -> bool:
+    here = torch.backends.cpu.get_cpu_capability()
+    if isa == here or isa in BASELINE:
+        return True
+    if isa in X86_LEVELS and here in X86_LEVELS:
+        return X86_LEVELS.index(here) >= X86_LEVELS.index(isa)
+    return False
+
+
+class PackageEngineModel:
+    """A compiled package with the engine contract's call (docs/model-format.md):
+    ``model(species, edge_index, edge_vectors, n_local)`` -> energy, atom_energies, forces,
+    virial, atom_virial."""
+
+    def __init__(self, path: str, files: Dict[str, str], device: str = "cpu"):
+        check_runnable(path, files)
+        self.path = path
+        self.cutoff = float(files["cutoff"])
+        self.dtype = {"float32": torch.float32, "float64": torch.float64}[files["dtype"]]
+        self.device = torch.device(device)
+        index = self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
+        try:
+            self.runner = torch._inductor.aoti_load_package(path, device_index=index)
+        except Exception as exc:  # a package compiled for another device or library set
+            raise ValueError(f"{path}: the compiled package cannot be loaded here ({str(exc).splitlines()[0]}); "
+                             "re-export it on this machine with `equiformer-export CHECKPOINT.pt MODEL.pt2`") from None
+
+    def __call__(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                 n_local: int) -> Dict[str, torch.Tensor]:
+        n, e = int(species.shape[0]), int(edge_index.shape[1])
+        vec = edge_vectors.to(device=self.device, dtype=self.dtype)
+        args = pad_graph(species.to(self.device), edge_index.to(self.device), vec, self.cutoff)
+        atom_energies, grad = self.runner(*args, torch.tensor(int(n_local), device=self.device))
+        return engine_outputs(edge_index.to(self.device), vec, grad[:e], atom_energies[:n], n_local)
+
+    forward = __call__
