@@ -31,7 +31,7 @@ class EquiformerCalculator(Calculator):
         self.device = torch.device(device)
         if model is not None:
             self.info = ModelInfo.read(model)
-            self.engine = open_engine_model(model, self.device)
+            self.engine = open_engine_model(model, self.device, self.info.metadata)
         else:
             from .export.torchscript import EquiformerEngineModel, metadata_of
             from .train.checkpoint import model_from_checkpoint

@@ -29,9 +29,9 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
-from ..data.neighbors import neighbor_list
-from ..model import Equiformer
-from .contract import (FORMAT, FORMAT_VERSION, check_writable, engine_outputs, metadata_files)
+from ..model import Equiformer, clone_model
+from .contract import check_writable, engine_outputs, metadata_files
+from .torchscript import _open_graph
 
 CONTAINER = "aoti"
 INPUTS = "species edge_index edge_vectors n_local"
@@ -94,11 +94,8 @@ def e3nn_eager():
 def traceable_copy(model: Equiformer, dtype: torch.dtype, device: str) -> Equiformer:
     """A frozen copy of ``model`` in ``dtype`` whose e3nn parts are traceable."""
     with e3nn_eager():
-        copy_ = Equiformer(model.hparams)
-    copy_ = copy_.to(device=device, dtype=dtype)
-    copy_.load_state_dict(model.state_dict())
-    copy_.edge_frames = model.edge_frames
-    copy_.eval()
+        copy_ = clone_model(model)
+    copy_ = copy_.to(device=device, dtype=dtype).eval()
     for p in copy_.parameters():
         p.requires_grad_(False)
     return copy_
@@ -117,12 +114,8 @@ def trace_graph(module: EnergyGradient, n: int, dtype: torch.dtype, device: str)
 
 def example_inputs(model: Equiformer, n: int, dtype: torch.dtype, device: str):
     """Padded inputs of an open cluster of n atoms, every species present."""
-    rng = np.random.default_rng(n)
-    positions = rng.uniform(0.0, 0.9 * model.cutoff, size=(n, 3))
-    edge_index, _, _ = neighbor_list(positions, model.cutoff)
-    vectors = torch.from_numpy(positions[edge_index[0]] - positions[edge_index[1]]).to(device=device, dtype=dtype)
-    species = (torch.arange(n) % len(model.species_symbols)).to(device)
-    species, index, vectors = pad_graph(species, torch.from_numpy(edge_index).to(device), vectors, model.cutoff)
+    positions = np.random.default_rng(n).uniform(0.0, 0.9 * model.cutoff, size=(n, 3))
+    species, index, vectors = pad_graph(*_open_graph(model, positions, dtype, device), model.cutoff)
     return species, index, vectors, torch.tensor(n, device=device)
 
 
@@ -274,4 +267,3 @@ class PackageEngineModel:
         atom_energies, grad = self.runner(*args, torch.tensor(int(n_local), device=self.device))
         return engine_outputs(edge_index.to(self.device), vec, grad[:e], atom_energies[:n], n_local)
 
-    forward = __call__

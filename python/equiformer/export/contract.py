@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 import warnings
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -175,14 +175,15 @@ def is_compiled_package(path: str) -> bool:
     return is_package(path)
 
 
-def open_engine_model(path: str, device="cpu"):
+def open_engine_model(path: str, device="cpu", metadata: Optional[Dict[str, str]] = None):
     """The engine contract's callable of an exported file, TorchScript (.pt) or compiled
     package (.pt2): ``model(species, edge_index, edge_vectors, n_local) -> dict``. Python
-    routes call this rather than torch.jit.load so that either file works everywhere."""
+    routes call this rather than torch.jit.load so that either file works everywhere;
+    ``metadata``: the file's entries when the caller has read them (ModelInfo.metadata)."""
     if is_compiled_package(path):
         from .aoti import PackageEngineModel
 
-        return PackageEngineModel(path, read_metadata(path), str(device))
+        return PackageEngineModel(path, metadata if metadata is not None else read_metadata(path), str(device))
     return torch.jit.load(path, map_location=device)
 
 

@@ -47,7 +47,7 @@ class EquiformerComputation:
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
         check_archive(self.setup.model_path, "model file", REEXPORT)
-        self._model = open_engine_model(self.setup.model_path, self.device)
+        self._model = open_engine_model(self.setup.model_path, self.device, self.setup.info.metadata)
         self._species = torch.tensor(self.setup.species, dtype=torch.long, device=self.device)
 
     def edges(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray]):
