@@ -4,6 +4,7 @@
 #   equiformer/lib/lammps/equiformerplugin.so      the LAMMPS loader (+ .json), and
 #   equiformer/lib/lammps/libequiformer_lammps.so  the pair style
 #   equiformer/lib/openmm/libEquiformerOpenMM.so   the OpenMM plugin (+ .json)
+#   equiformer/lib/openmm/libEquiformerOpenMMCUDA.so  its CUDA platform kernel (+ .json), when built
 #   equiformer/shipped/...                         what equiformer-demo reads
 # The libraries find libtorch and libOpenMM through RPATHs relative to their own folder
 # ($ORIGIN), to the torch and openmm packages installed in the same site-packages; no path
@@ -40,6 +41,14 @@ if(TARGET EquiformerOpenMM)
   set_target_properties(EquiformerOpenMM PROPERTIES INSTALL_RPATH "${_rpath}")
   install(TARGETS EquiformerOpenMM LIBRARY DESTINATION ${_pkg}/lib/openmm)
   install(FILES ${CMAKE_BINARY_DIR}/openmm_plugin/plugins/libEquiformerOpenMM.json DESTINATION ${_pkg}/lib/openmm)
+endif()
+
+if(TARGET EquiformerOpenMMCUDA)
+  # beside the main library ($ORIGIN), and OpenMM's CUDA platform in openmm's plugin folder
+  equiformer_relative_rpath(_rpath ${_pkg}/lib/openmm ${TORCH_LIB_DIR} ${OPENMM_DIR}/lib ${OPENMM_DIR}/lib/plugins)
+  set_target_properties(EquiformerOpenMMCUDA PROPERTIES INSTALL_RPATH "$ORIGIN;${_rpath}")
+  install(TARGETS EquiformerOpenMMCUDA LIBRARY DESTINATION ${_pkg}/lib/openmm)
+  install(FILES ${CMAKE_BINARY_DIR}/openmm_plugin/plugins/libEquiformerOpenMMCUDA.json DESTINATION ${_pkg}/lib/openmm)
 endif()
 
 # equiformer-demo (python/equiformer/cli/demo.py) reads these and nothing else from models/

@@ -45,7 +45,7 @@ PairEquiformer::PairEquiformer(LAMMPS *lmp) :
     Pair(lmp), device_request("auto"), mode_request(MODE_AUTO), mode(MODE_AUTO), cutoff_lmp(0.0),
     range_lmp(0.0), length_to_model(1.0), energy_to_lmp(1.0), offset_lmp(0.0), logged(false), warned_close(false),
     n_local_nodes(0), result(new equiformer::Result), fold_vatom(0), comm_width(0), comm_what(COMM_FOLD),
-    max_width(0)
+    max_width(0), traffic_reported(false)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -65,6 +65,7 @@ class Exchange : public equiformer::LayerExchange {
   explicit Exchange(PairEquiformer *pair) : pair_(pair) {}
   void forward(double *x, int64_t n, int64_t F) override { pair_->layer_forward(x, n, F); }
   void reverse(double *g, int64_t n, int64_t F) override { pair_->layer_reverse(g, n, F); }
+  const std::vector<int64_t> *boundary_rows() override { return pair_->layer_boundary_rows(); }
 
  private:
   PairEquiformer *pair_;
@@ -304,6 +305,7 @@ void PairEquiformer::init_style()
   comm_forward = 0;
   comm_reverse = 9;
   max_width = 0;
+  traffic_reported = false;
   if (mode == MODE_LAYER) {
     std::string failure;
     try {
@@ -469,6 +471,16 @@ void PairEquiformer::build_graph_layer()
   }
 }
 
+/* ----------------------------------------------------------------------
+   layer mode: the local nodes whose node features another rank reads (boundary rows, see
+   compute()); only their rows cross from the model's device to the host in each layer
+------------------------------------------------------------------------- */
+
+const std::vector<int64_t> *PairEquiformer::layer_boundary_rows() const
+{
+  return &boundary_nodes;
+}
+
 /* ---------------------------------------------------------------------- */
 
 void PairEquiformer::compute(int eflag, int vflag)
@@ -488,6 +500,14 @@ void PairEquiformer::compute(int eflag, int vflag)
   dst.clear();
   vec.clear();
   const double cutsq_lmp = cutoff_lmp * cutoff_lmp;
+  // layer mode, boundary rows: local atom i is within rc of atom a of another rank exactly
+  // when a's image is a ghost neighbour of i here (the distance is symmetric, both ranks hold
+  // the rc + skin shell), so i has an edge from a ghost node here exactly when that rank has
+  // a ghost node of i, and reads i's row. A relative margin on rc^2 covers the rounding of
+  // the two ranks' image positions: the set may hold an atom too many, never one too few.
+  const double cutsq_margin = cutsq_lmp * (1.0 + 1e-8);
+  const int nlocal = atom->nlocal;
+  if (mode == MODE_LAYER) boundary_flag.assign(n_local_nodes, 0);
   const int ncentres = list->inum + (ghostneigh ? list->gnum : 0);
   for (int ii = 0; ii < ncentres; ii++) {
     const int i = list->ilist[ii];
@@ -500,7 +520,10 @@ void PairEquiformer::compute(int eflag, int vflag)
       int nj = node_of[j];
       if (nj == -1) continue;
       const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz >= cutsq_lmp) continue;
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (mode == MODE_LAYER && j >= nlocal && (nj == -2 || nj >= n_local_nodes) && rsq < cutsq_margin)
+        boundary_flag[ni] = 1;    // j: a ghost owned by another rank (not an image of a local atom)
+      if (rsq >= cutsq_lmp) continue;
       if (nj == -2) {    // layer mode: a ghost owned by another rank becomes a node when used
         nj = node_of[j] = static_cast<int>(atom_of.size());
         atom_of.push_back(j);
@@ -514,11 +537,18 @@ void PairEquiformer::compute(int eflag, int vflag)
     }
   }
 
+  boundary_nodes.clear();
+  if (mode == MODE_LAYER)
+    for (int64_t k = 0; k < n_local_nodes; k++)
+      if (boundary_flag[k]) boundary_nodes.push_back(k);
+
+  int64_t rows_moved = 0;
   try {
     if (mode == MODE_LAYER) {
       Exchange exchange(this);
       model->compute_layered(static_cast<int64_t>(species.size()), species.data(), static_cast<int64_t>(src.size()),
                              src.data(), dst.data(), vec.data(), n_local_nodes, vflag_atom != 0, exchange, *result);
+      rows_moved = exchange.rows_to_host + exchange.rows_to_device;
     } else {
       model->compute(static_cast<int64_t>(species.size()), species.data(), static_cast<int64_t>(src.size()),
                      src.data(), dst.data(), vec.data(), n_local_nodes, vflag_atom != 0, *result);
@@ -526,8 +556,28 @@ void PairEquiformer::compute(int eflag, int vflag)
   } catch (std::exception &e) {
     error->one(FLERR, "pair equiformer: {}", e.what());
   }
+  if (mode == MODE_LAYER && !traffic_reported) report_layer_traffic(rows_moved);
   if (!warned_close) warn_close_atoms();
   apply_result(*result, eflag, vflag);
+}
+
+/* ----------------------------------------------------------------------
+   layer mode, first step of a run: the node-feature rows that crossed between the model's
+   device and the host (all ranks, all exchanges), against whole-matrix copies
+------------------------------------------------------------------------- */
+
+void PairEquiformer::report_layer_traffic(int64_t rows_moved)
+{
+  traffic_reported = true;
+  const int64_t exchanges = model->num_layers() + 1;    // each forward and reverse
+  double mine[3] = {static_cast<double>(rows_moved), static_cast<double>(4 * exchanges * species.size()),
+                    static_cast<double>(boundary_nodes.size())};
+  double all[3] = {0.0, 0.0, 0.0};
+  MPI_Reduce(mine, all, 3, MPI_DOUBLE, MPI_SUM, 0, world);
+  if (comm->me == 0)
+    utils::logmesg(lmp, "pair equiformer: layer exchange moved {:.0f} node-feature rows between the model's device "
+                   "and the host at step {} (whole copies: {:.0f}; {:.0f} boundary atoms, all ranks)\n",
+                   all[0], update->ntimestep, all[1], all[2]);
 }
 
 /* ----------------------------------------------------------------------

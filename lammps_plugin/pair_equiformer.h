@@ -52,6 +52,8 @@ class PairEquiformer : public Pair {
   // between layers; called back by the runtime (equiformer::LayerExchange)
   void layer_forward(double *x, int64_t n_nodes, int64_t F);
   void layer_reverse(double *g, int64_t n_nodes, int64_t F);
+  // the local nodes whose features other ranks read (LayerExchange::boundary_rows)
+  const std::vector<int64_t> *layer_boundary_rows() const;
 
  protected:
   void allocate();
@@ -63,6 +65,7 @@ class PairEquiformer : public Pair {
   void build_graph_map();
   void build_graph_ghost();
   void build_graph_layer();
+  void report_layer_traffic(int64_t rows_moved);
   tagint add_local_nodes();
   void apply_result(const equiformer::Result &, int eflag, int vflag);
 
@@ -101,6 +104,11 @@ class PairEquiformer : public Pair {
   int comm_width;      // values per atom of the current feature exchange
   int comm_what;       // what pack/unpack_reverse_comm move: COMM_FOLD or COMM_FEATURES
   int max_width;       // widest node feature of the model (comm_forward)
+  // layer mode: the local nodes that another rank holds as a ghost node, found every step
+  // while the edges are built (boundary_flag per local node, boundary_nodes in order)
+  std::vector<char> boundary_flag;
+  std::vector<int64_t> boundary_nodes;
+  bool traffic_reported;    // the first step's exchange traffic was logged (once per run)
   enum { COMM_FOLD, COMM_FEATURES };
 };
 

@@ -3,6 +3,7 @@
 #include "equiformer/runtime.h"
 
 #include "archive.h"
+#include "device_api.h"
 
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -357,6 +358,10 @@ struct Model::Impl {
   void run_package(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
                    const int64_t *dst, const double *edge_vectors, int64_t n_local, Result &out,
                    std::vector<double> &gvec) const;
+  // the same on tensors on the model's device (run_package's core, also used by the device
+  // API, device_api.cpp): atom energies [N] and dE/d(edge vector) [E, 3], padding added here
+  std::pair<torch::Tensor, torch::Tensor> package_forward(const torch::Tensor &species, const torch::Tensor &index,
+                                                          const torch::Tensor &vec, int64_t n_local) const;
   mutable std::vector<int64_t> feature_sizes;  // layer_feature_sizes(), found on first use
 
   // one per-layer evaluation (compute_layered): atom energies [N] and dE/d(edge vector) [E, 3]
@@ -371,9 +376,11 @@ struct Model::Impl {
                              bool chunked) const;
   // layer s's output with its ghost rows replaced by their owners' (a new leaf), and back:
   // the gradient with respect to layer s's output from that with respect to the exchanged copy
-  torch::Tensor exchange_forward(const torch::Tensor &y, int s, const std::vector<int64_t> &width,
+  // (with exchange.boundary_rows(), only the boundary rows and the ghost rows cross between
+  // the device and the host)
+  torch::Tensor exchange_forward(const torch::Tensor &y, int s, int64_t n_local, const std::vector<int64_t> &width,
                                  LayerExchange &exchange) const;
-  torch::Tensor exchange_reverse(const torch::Tensor &g, const torch::Tensor &y, int s,
+  torch::Tensor exchange_reverse(const torch::Tensor &g, const torch::Tensor &y, int s, int64_t n_local,
                                  const std::vector<int64_t> &width, LayerExchange &exchange) const;
 
   // the model's inputs on its device: species [N], edge_index [2, E] (row 0 source), edge
@@ -671,28 +678,87 @@ static void check_inputs(const char *what, int64_t nspecies, int64_t n_atoms, co
                   std::to_string(n_atoms - 1));
 }
 
-torch::Tensor Model::Impl::exchange_forward(const torch::Tensor &y, int s, const std::vector<int64_t> &width,
-                                          LayerExchange &exchange) const
+// The boundary rows of EXCHANGE (LayerExchange::boundary_rows) as a host index tensor in
+// ROWS, checked; false when it names none (every row crosses).
+static bool boundary_index(LayerExchange &exchange, int64_t n_local, torch::Tensor &rows)
 {
-  const int64_t n = y.dim() > 0 ? y.size(0) : 0;
-  if (y.numel() != n * width[s])
-    throw Error("the model's layer " + std::to_string(s) + " returned " + std::to_string(y.numel()) +
-                " values for " + std::to_string(n) + " atoms, expected " + std::to_string(width[s]) +
-                " per atom (as on the probe)");
-  // always a copy: y may be saved by its own autograd graph
-  torch::Tensor h = y.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous();
-  exchange.forward(h.data_ptr<double>(), n, width[s]);
-  return h.to(device, y.scalar_type()).requires_grad_(true);
+  const std::vector<int64_t> *b = exchange.boundary_rows();
+  if (!b) return false;
+  int64_t prev = -1;
+  for (int64_t r : *b) {
+    if (r <= prev || r >= n_local)
+      throw Error("the layer exchange's boundary rows must be strictly increasing local node indices (0.." +
+                  std::to_string(n_local - 1) + "): got " + std::to_string(r) + " after " + std::to_string(prev));
+    prev = r;
+  }
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  rows = b->empty() ? torch::empty({0}, i64)
+                    : torch::from_blob(const_cast<int64_t *>(b->data()), {static_cast<int64_t>(b->size())}, i64);
+  return true;
 }
 
-torch::Tensor Model::Impl::exchange_reverse(const torch::Tensor &g, const torch::Tensor &y, int s,
+torch::Tensor Model::Impl::exchange_forward(const torch::Tensor &y, int s, int64_t n_local,
                                           const std::vector<int64_t> &width, LayerExchange &exchange) const
 {
-  const int64_t n = y.size(0);
-  torch::Tensor h = g.defined() ? g.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous()
-                                : torch::zeros({n * width[s]}, torch::TensorOptions().dtype(torch::kFloat64));
-  exchange.reverse(h.data_ptr<double>(), n, width[s]);
-  return h.to(device, y.scalar_type()).reshape(y.sizes());
+  const int64_t n = y.dim() > 0 ? y.size(0) : 0, F = width[s];
+  if (y.numel() != n * F)
+    throw Error("the model's layer " + std::to_string(s) + " returned " + std::to_string(y.numel()) +
+                " values for " + std::to_string(n) + " atoms, expected " + std::to_string(F) +
+                " per atom (as on the probe)");
+  torch::Tensor rows;
+  if (!boundary_index(exchange, n_local, rows)) {
+    // every row both ways; always a copy: y may be saved by its own autograd graph
+    torch::Tensor h = y.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous();
+    exchange.forward(h.data_ptr<double>(), n, F);
+    exchange.rows_to_host += n;
+    exchange.rows_to_device += n;
+    return h.to(device, y.scalar_type()).requires_grad_(true);
+  }
+  // the boundary rows to the host (the other rows stay zero there), the ghost rows back;
+  // the local rows of the result are y's own (a copy on the device)
+  torch::Tensor h = torch::zeros({n, F}, torch::TensorOptions().dtype(torch::kFloat64));
+  if (rows.numel() > 0)
+    h.index_copy_(0, rows, y.detach().reshape({n, F}).index_select(0, rows.to(device)).to(torch::kCPU, torch::kFloat64));
+  exchange.forward(h.data_ptr<double>(), n, F);
+  torch::Tensor x = y.detach().clone(torch::MemoryFormat::Contiguous);
+  if (n > n_local) x.view({n, F}).slice(0, n_local, n).copy_(h.slice(0, n_local, n));
+  exchange.rows_to_host += rows.numel();
+  exchange.rows_to_device += n - n_local;
+  return x.requires_grad_(true);
+}
+
+torch::Tensor Model::Impl::exchange_reverse(const torch::Tensor &g, const torch::Tensor &y, int s, int64_t n_local,
+                                          const std::vector<int64_t> &width, LayerExchange &exchange) const
+{
+  const int64_t n = y.size(0), F = width[s];
+  torch::Tensor rows;
+  if (!boundary_index(exchange, n_local, rows)) {
+    torch::Tensor h = g.defined() ? g.detach().to(torch::kCPU, torch::kFloat64, false, true).contiguous()
+                                  : torch::zeros({n * F}, torch::TensorOptions().dtype(torch::kFloat64));
+    exchange.reverse(h.data_ptr<double>(), n, F);
+    exchange.rows_to_host += g.defined() ? n : 0;
+    exchange.rows_to_device += n;
+    return h.to(device, y.scalar_type()).reshape(y.sizes());
+  }
+  // the ghost rows to the host (the local rows zero there), the boundary rows' increments
+  // back, added in double precision as on the host (the same numbers as the full copies)
+  torch::Tensor h = torch::zeros({n, F}, torch::TensorOptions().dtype(torch::kFloat64));
+  const torch::Tensor g2 = g.defined() ? g.detach().reshape({n, F}) : torch::Tensor();
+  if (g2.defined() && n > n_local) {
+    h.slice(0, n_local, n).copy_(g2.slice(0, n_local, n));
+    exchange.rows_to_host += n - n_local;
+  }
+  exchange.reverse(h.data_ptr<double>(), n, F);
+  torch::Tensor r = g2.defined() ? g2.to(device, y.scalar_type(), false, true)
+                                 : torch::zeros({n, F}, torch::TensorOptions().dtype(y.scalar_type()).device(device));
+  if (n > n_local) r.slice(0, n_local, n).zero_();
+  if (rows.numel() > 0) {
+    const torch::Tensor idx = rows.to(device);
+    const torch::Tensor sum = r.index_select(0, idx).to(torch::kFloat64) + h.index_select(0, rows).to(device);
+    r.index_copy_(0, idx, sum.to(y.scalar_type()));
+  }
+  exchange.rows_to_device += rows.numel();
+  return r.reshape(y.sizes());
 }
 
 // Current exports: edge features once; layer s = 0 (embedding), 1..L (blocks), L + 1
@@ -720,7 +786,7 @@ Model::Impl::Layered Model::Impl::layered_by_features(const torch::Tensor &speci
   std::vector<torch::Tensor> y(L + 1), x(L + 1);
   for (int s = 0; s <= L; ++s) {
     y[s] = layer({static_cast<int64_t>(s), species, s > 0 ? x[s - 1] : none, index, leaf_list}).toTensor();
-    x[s] = exchange_forward(y[s], s, width, exchange);
+    x[s] = exchange_forward(y[s], s, n_local, width, exchange);
   }
   torch::Tensor e_atoms = layer({static_cast<int64_t>(L + 1), species, x[L], index, leaf_list}).toTensor();
   if (e_atoms.numel() != species.size(0)) throw Error("the model's readout returned outputs of an unexpected shape");
@@ -750,7 +816,7 @@ Model::Impl::Layered Model::Impl::layered_by_features(const torch::Tensor &speci
   seed.slice(0, 0, n_local).fill_(1.0);
   torch::Tensor g = backward(L + 1, e_atoms, seed);
   for (int s = L; s >= 0; --s) {
-    g = backward(s, y[s], exchange_reverse(g, y[s], s, width, exchange));
+    g = backward(s, y[s], exchange_reverse(g, y[s], s, n_local, width, exchange));
     y[s] = torch::Tensor();  // this layer's graph is no longer needed
   }
 
@@ -794,7 +860,7 @@ Model::Impl::Layered Model::Impl::layered_by_vectors(const torch::Tensor &specie
     torch::AutoGradMode graphs(!chunked);
     for (int s = 0; s <= L; ++s) {
       y[s] = layer_call(s);
-      x[s] = exchange_forward(y[s], s, width, exchange);
+      x[s] = exchange_forward(y[s], s, n_local, width, exchange);
     }
   }
   torch::Tensor e_atoms = module.get_method("readout")({species, x[L], index, t_vec}).toTensor();
@@ -816,7 +882,7 @@ Model::Impl::Layered Model::Impl::layered_by_vectors(const torch::Tensor &specie
   };
   torch::Tensor g = backward(energy, torch::Tensor(), &x[L]);
   for (int s = L; s >= 0; --s) {
-    torch::Tensor gy = exchange_reverse(g, y[s], s, width, exchange);
+    torch::Tensor gy = exchange_reverse(g, y[s], s, n_local, width, exchange);
     if (chunked) y[s] = layer_call(s);
     g = backward(y[s], gy, s > 0 ? &x[s - 1] : nullptr);
     y[s] = torch::Tensor();
@@ -829,27 +895,25 @@ Model::Impl::Layered Model::Impl::layered_by_vectors(const torch::Tensor &specie
 // r_e = x_src - x_dst: d E / d x_src = g_e, d E / d x_dst = -g_e; F = -dE/dx;
 // virial -sum_e r_e (x) g_e, each edge term split half on its source, half on its centre.
 // OUT's forces and virials must be zero on entry.
-static void edge_gradient_to_forces(int64_t n_edges, const int64_t *src, const int64_t *dst,
+// OUT's forces, virial and atom virial from d E / d edge vector GVEC [3 E] (host arrays), by the
+// one definition of the assembly (detail::assemble_from_edge_gradient)
+static void edge_gradient_to_forces(int64_t n_atoms, int64_t n_edges, const int64_t *src, const int64_t *dst,
                                     const double *edge_vectors, const double *gvec, bool want_atom_virial,
                                     Result &out)
 {
-  for (int64_t e = 0; e < n_edges; ++e) {
-    const double *ge = &gvec[3 * e];
-    const double *re = &edge_vectors[3 * e];
-    double *fs = &out.forces[3 * src[e]], *fd = &out.forces[3 * dst[e]];
-    for (int a = 0; a < 3; ++a) {
-      fs[a] -= ge[a];
-      fd[a] += ge[a];
-    }
-    for (int a = 0; a < 3; ++a)
-      for (int b = 0; b < 3; ++b) {
-        const double v = -re[a] * ge[b];
-        out.virial[3 * a + b] += v;
-        if (want_atom_virial) {
-          out.atom_virial[9 * src[e] + 3 * a + b] += 0.5 * v;
-          out.atom_virial[9 * dst[e] + 3 * a + b] += 0.5 * v;
-        }
-      }
+  torch::NoGradGuard no_grad;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64), i64 = torch::TensorOptions().dtype(torch::kInt64);
+  const detail::EdgeAssembly a = detail::assemble_from_edge_gradient(
+      torch::from_blob(const_cast<int64_t *>(src), {n_edges}, i64),
+      torch::from_blob(const_cast<int64_t *>(dst), {n_edges}, i64),
+      torch::from_blob(const_cast<double *>(edge_vectors), {n_edges, 3}, f64),
+      torch::from_blob(const_cast<double *>(gvec), {n_edges, 3}, f64), n_atoms, true, want_atom_virial);
+  const double *f = a.forces.data_ptr<double>(), *v = a.virial.contiguous().data_ptr<double>();
+  std::copy(f, f + 3 * n_atoms, out.forces.begin());
+  std::copy(v, v + 9, out.virial.begin());
+  if (want_atom_virial) {
+    const double *av = a.atom_virial.data_ptr<double>();
+    std::copy(av, av + 9 * n_atoms, out.atom_virial.begin());
   }
 }
 
@@ -864,31 +928,11 @@ void Model::Impl::run_package(int64_t n_atoms, const int64_t *species, int64_t n
 {
   try {
     torch::NoGradGuard no_grad;
-    const int64_t n = n_atoms + kPadNodes, e = n_edges + kPadEdges;
-    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-    torch::Tensor t_species = torch::zeros({n}, i64);
-    std::copy(species, species + n_atoms, t_species.data_ptr<int64_t>());
-    torch::Tensor t_index = torch::empty({2, e}, i64);
-    int64_t *row_src = t_index.data_ptr<int64_t>(), *row_dst = row_src + e;
-    std::copy(src, src + n_edges, row_src);
-    std::copy(dst, dst + n_edges, row_dst);
-    row_src[n_edges] = n_atoms;          // n -> n + 1
-    row_dst[n_edges] = n_atoms + 1;
-    row_src[n_edges + 1] = n_atoms + 1;  // n + 1 -> n
-    row_dst[n_edges + 1] = n_atoms;
-    torch::Tensor t_vec = torch::zeros({e, 3}, torch::TensorOptions().dtype(torch::kFloat64));
-    double *v = t_vec.data_ptr<double>();
-    std::copy(edge_vectors, edge_vectors + 3 * n_edges, v);
-    v[3 * n_edges] = 0.5 * cutoff;
-    v[3 * (n_edges + 1)] = -0.5 * cutoff;
-    std::vector<torch::Tensor> inputs{t_species.to(device), t_index.to(device), t_vec.to(device, dtype),
-                                      torch::tensor(n_local, i64).to(device)};
-    std::vector<torch::Tensor> outputs = loader->run(inputs);
-    if (outputs.size() != 2 || outputs[0].numel() != n || outputs[1].numel() != 3 * e)
-      throw Error("the compiled package returned outputs of unexpected shapes (expected atom energies [" +
-                  std::to_string(n) + "] and an edge gradient [" + std::to_string(e) + ", 3])");
-    torch::Tensor ae = outputs[0].to(torch::kCPU, torch::kFloat64).contiguous();
-    torch::Tensor gv = outputs[1].to(torch::kCPU, torch::kFloat64).contiguous();
+    torch::Tensor t_species, t_index, t_vec;
+    input_tensors(n_atoms, species, n_edges, src, dst, edge_vectors, t_species, t_index, t_vec);
+    const std::pair<torch::Tensor, torch::Tensor> r = package_forward(t_species, t_index, t_vec, n_local);
+    torch::Tensor ae = r.first.to(torch::kCPU, torch::kFloat64).contiguous();
+    torch::Tensor gv = r.second.to(torch::kCPU, torch::kFloat64).contiguous();
     std::copy(ae.data_ptr<double>(), ae.data_ptr<double>() + n_atoms, out.atom_energies.begin());
     double energy = 0.0;
     for (int64_t i = 0; i < n_local; ++i) energy += out.atom_energies[i];
@@ -899,6 +943,31 @@ void Model::Impl::run_package(int64_t n_atoms, const int64_t *species, int64_t n
   } catch (const std::exception &e) {
     throw evaluation_error(path, device_name, e);
   }
+}
+
+// Every package call gets an isolated dimer of species 0 appended (nodes n, n + 1, half a
+// cutoff apart, one edge each way); the outputs are returned without it.
+std::pair<torch::Tensor, torch::Tensor> Model::Impl::package_forward(const torch::Tensor &species,
+                                                                     const torch::Tensor &index,
+                                                                     const torch::Tensor &vec, int64_t n_local) const
+{
+  torch::NoGradGuard no_grad;
+  const int64_t n_atoms = species.size(0), n_edges = index.size(1);
+  const int64_t n = n_atoms + kPadNodes, e = n_edges + kPadEdges;
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  torch::Tensor pad_index = torch::tensor({n_atoms, n_atoms + 1, n_atoms + 1, n_atoms}, i64).view({2, 2}).to(device);
+  torch::Tensor pad_vec = torch::tensor({0.5 * cutoff, 0.0, 0.0, -0.5 * cutoff, 0.0, 0.0},
+                                        torch::TensorOptions().dtype(torch::kFloat64))
+                              .view({2, 3})
+                              .to(device, dtype);
+  std::vector<torch::Tensor> inputs{torch::cat({species, torch::zeros({kPadNodes}, i64.device(device))}),
+                                    torch::cat({index, pad_index}, 1), torch::cat({vec.to(dtype), pad_vec}, 0),
+                                    torch::tensor(n_local, i64).to(device)};
+  std::vector<torch::Tensor> outputs = loader->run(inputs);
+  if (outputs.size() != 2 || outputs[0].numel() != n || outputs[1].numel() != 3 * e)
+    throw Error("the compiled package returned outputs of unexpected shapes (expected atom energies [" +
+                std::to_string(n) + "] and an edge gradient [" + std::to_string(e) + ", 3])");
+  return {outputs[0].reshape({n}).slice(0, 0, n_atoms), outputs[1].reshape({e, 3}).slice(0, 0, n_edges)};
 }
 
 void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_edges, const int64_t *src,
@@ -952,7 +1021,7 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
     throw evaluation_error(m.path, m.device_name, e);
   }
 
-  edge_gradient_to_forces(n_edges, src, dst, edge_vectors, gvec_host.data(), want_atom_virial, out);
+  edge_gradient_to_forces(n_atoms, n_edges, src, dst, edge_vectors, gvec_host.data(), want_atom_virial, out);
 }
 
 void Model::set_num_threads(int n)
@@ -994,7 +1063,7 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
   if (m.package) {
     std::vector<double> gvec;
     m.run_package(n_atoms, species, n_edges, src, dst, edge_vectors, n_local, out, gvec);
-    edge_gradient_to_forces(n_edges, src, dst, edge_vectors, gvec.data(), want_atom_virial, out);
+    edge_gradient_to_forces(n_atoms, n_edges, src, dst, edge_vectors, gvec.data(), want_atom_virial, out);
     return;
   }
 
@@ -1039,5 +1108,23 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
                 (last != first ? " ... " + last : std::string()));
   }
 }
+
+// ---- the device API's access to Model::Impl (cpp/src/device_api.h)
+
+namespace detail {
+
+torch::jit::Module &ImplAccess::module(const Model &model) { return model.impl_->module; }
+torch::Device ImplAccess::device(const Model &model) { return model.impl_->device; }
+torch::ScalarType ImplAccess::dtype(const Model &model) { return model.impl_->dtype; }
+bool ImplAccess::is_package(const Model &model) { return model.impl_->package; }
+
+std::pair<torch::Tensor, torch::Tensor> ImplAccess::run_package(const Model &model, const torch::Tensor &species,
+                                                                const torch::Tensor &index,
+                                                                const torch::Tensor &vectors, int64_t n_local)
+{
+  return model.impl_->package_forward(species, index, vectors, n_local);
+}
+
+}  // namespace detail
 
 }  // namespace equiformer

@@ -139,6 +139,103 @@ void check_layered(const equiformer::Model &model, const Case &c, double tol)
   for (long k = 0; k < 9 * c.n; ++k) check_close(b.atom_virial[k], a.atom_virial[k], tol, tag + " atom virial");
 }
 
+// One rank whose graph holds some atoms twice, as in pair_style equiformer mode layer: local
+// nodes 0..n_local-1, then ghost nodes n_local.. copying owner[k - n_local]. forward() copies
+// the owners' rows into the ghosts, reverse() folds the ghosts' rows onto the owners;
+// BOUNDARY is what it reports as boundary rows (nullptr: the default, every row).
+struct ImageExchange : equiformer::LayerExchange {
+  int64_t n_local = 0;
+  std::vector<int64_t> owner;
+  const std::vector<int64_t> *boundary = nullptr;
+  bool others_zero = true;  // with a boundary set: the other local rows arrived as zeros
+  void forward(double *x, int64_t n, int64_t F) override
+  {
+    check_others(x, F);
+    for (int64_t k = n_local; k < std::min<int64_t>(n, n_local + static_cast<int64_t>(owner.size())); ++k)
+      for (int64_t c = 0; c < F; ++c) x[k * F + c] = x[owner[k - n_local] * F + c];
+  }
+  void reverse(double *g, int64_t n, int64_t F) override
+  {
+    check_others(g, F);
+    for (int64_t k = n_local; k < std::min<int64_t>(n, n_local + static_cast<int64_t>(owner.size())); ++k)
+      for (int64_t c = 0; c < F; ++c) {
+        g[owner[k - n_local] * F + c] += g[k * F + c];
+        g[k * F + c] = 0.0;
+      }
+  }
+  const std::vector<int64_t> *boundary_rows() override { return boundary; }
+  void check_others(const double *x, int64_t F)
+  {
+    if (!boundary) return;
+    for (int64_t i = 0; i < n_local; ++i)
+      if (!std::binary_search(boundary->begin(), boundary->end(), i))
+        for (int64_t c = 0; c < F; ++c) others_zero = others_zero && x[i * F + c] == 0.0;
+  }
+};
+
+// C's graph (every atom local) with the sources of the edges from every third atom moved to
+// ghost copies of those atoms: compute_layered with ImageExchange must reproduce compute()
+// when the boundary set is right (bit for bit the full-copy answer), and differ when a
+// boundary row is missing; only boundary and ghost rows cross.
+void check_boundary_rows(const equiformer::Model &model, const Case &c)
+{
+  const std::string tag = "boundary rows " + c.name;
+  equiformer::Result ref = model.compute(c.species, c.src, c.dst, c.vec, c.n, true);
+  std::vector<int64_t> species = c.species, src = c.src, ghost_of(c.n, -1), owner;
+  for (long e = 0; e < c.e; ++e) {
+    const int64_t j = c.src[e];
+    if (j % 3 != 1) continue;
+    if (ghost_of[j] < 0) {
+      ghost_of[j] = c.n + static_cast<int64_t>(owner.size());
+      owner.push_back(j);
+      species.push_back(c.species[j]);
+    }
+    src[e] = ghost_of[j];
+  }
+  const int64_t n = static_cast<int64_t>(species.size()), G = n - c.n;
+  check(G > 0, tag + ": the graph has ghost nodes");
+  std::vector<int64_t> boundary;
+  for (long i = 0; i < c.n; ++i)
+    if (ghost_of[i] >= 0) boundary.push_back(i);
+  const int64_t exchanges = model.num_layers() + 1;
+
+  auto run = [&](const std::vector<int64_t> *b, ImageExchange &ex) {
+    ex.n_local = c.n;
+    ex.owner = owner;
+    ex.boundary = b;
+    equiformer::Result r;
+    model.compute_layered(n, species.data(), c.e, src.data(), c.dst.data(), c.vec.data(), c.n, true, ex, r);
+    return r;
+  };
+  ImageExchange full, part, wrong;
+  const equiformer::Result a = run(nullptr, full), b = run(&boundary, part);
+  check(full.rows_to_host == 2 * exchanges * n && full.rows_to_device == 2 * exchanges * n,
+        tag + ": without a boundary set every row crosses both ways");
+  const int64_t B = static_cast<int64_t>(boundary.size());
+  check(part.rows_to_host == exchanges * (B + G) && part.rows_to_device == exchanges * (B + G),
+        tag + ": with it only the boundary and ghost rows");
+  check(part.others_zero, tag + ": rows outside the boundary set are not copied");
+  // the same numbers as the whole copies (CPU, float64)
+  check(a.energy == b.energy && a.atom_energies == b.atom_energies && a.forces == b.forces &&
+            a.virial == b.virial && a.atom_virial == b.atom_virial,
+        tag + ": bit-identical to whole-matrix copies");
+  // and compute() on the graph without ghosts (ghost forces folded onto their owners)
+  std::vector<double> folded(b.forces.begin(), b.forces.begin() + 3 * c.n);
+  for (int64_t k = 0; k < G; ++k)
+    for (int a3 = 0; a3 < 3; ++a3) folded[3 * owner[k] + a3] += b.forces[3 * (c.n + k) + a3];
+  check_close(b.energy, ref.energy, 1e-12, tag + " energy");
+  for (long i = 0; i < c.n; ++i) check_close(b.atom_energies[i], ref.atom_energies[i], 1e-12, tag + " atom energy");
+  for (long k = 0; k < 3 * c.n; ++k) check_close(folded[k], ref.forces[k], 1e-12, tag + " forces");
+  for (int k = 0; k < 9; ++k) check_close(b.virial[k], ref.virial[k], 1e-12, tag + " virial");
+
+  // a boundary set missing one owner: its ghost copy reads zeros, its gradient is lost
+  std::vector<int64_t> missing(boundary.begin() + 1, boundary.end());
+  const equiformer::Result w = run(&missing, wrong);
+  double worst = std::fabs(w.energy - ref.energy);
+  for (long k = 0; k < 3 * n; ++k) worst = std::max(worst, std::fabs(w.forces[k] - b.forces[k]));
+  check(worst > 1e-6, tag + ": a missing boundary row changes the result");
+}
+
 }  // namespace
 
 int main(int argc, char **argv)
@@ -209,6 +306,39 @@ int main(int argc, char **argv)
     check(mp.has_layer_methods(), "the message-passing model exports layer methods");
     check((mp.layer_feature_sizes() == std::vector<int64_t>{1, 1, 1}), "layer feature sizes");
     for (const auto &c : cases) check_layered(mp, c, 1e-12);
+    check_boundary_rows(mp, cases[0]);  // periodic: atoms see their own images
+    check_boundary_rows(mp, cases[1]);  // molecule
+    {
+      // every node local, an empty boundary set: nothing crosses, same answer
+      const Case &c = cases[0];
+      const std::vector<int64_t> none;
+      ImageExchange ex;
+      ex.n_local = c.n;
+      ex.boundary = &none;
+      ImageExchange all;
+      all.n_local = c.n;
+      equiformer::Result r, ref;
+      mp.compute_layered(c.n, c.species.data(), c.e, c.src.data(), c.dst.data(), c.vec.data(), c.n, false, all, ref);
+      mp.compute_layered(c.n, c.species.data(), c.e, c.src.data(), c.dst.data(), c.vec.data(), c.n, false, ex, r);
+      check(ex.rows_to_host == 0 && ex.rows_to_device == 0, "empty boundary set, no ghosts: no rows cross");
+      check(r.energy == ref.energy && r.forces == ref.forces && r.virial == ref.virial,
+            "empty boundary set, no ghosts: the same result as whole copies");
+      // no local node (a rank without atoms): every exchange still made, zero result
+      ImageExchange ex0;
+      ex0.boundary = &none;
+      mp.compute_layered(c.n, c.species.data(), c.e, c.src.data(), c.dst.data(), c.vec.data(), 0, false, ex0, r);
+      check(r.energy == 0.0 && ex0.rows_to_host == 0 && ex0.rows_to_device == 0, "n_local = 0 with a boundary set");
+      // a boundary set that is not strictly increasing local rows is refused
+      ImageExchange bad;
+      bad.n_local = c.n;
+      const std::vector<int64_t> outside{0, c.n}, unsorted{2, 1};
+      for (const auto *b : {&outside, &unsorted}) {
+        bad.boundary = b;
+        check_throws([&] {
+          mp.compute_layered(c.n, c.species.data(), c.e, c.src.data(), c.dst.data(), c.vec.data(), c.n, false, bad, r);
+        }, "boundary rows", "a bad boundary set");
+      }
+    }
     {
       CountingExchange ex;
       equiformer::Result r;

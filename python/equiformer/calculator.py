@@ -9,6 +9,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .data.neighbors import neighbor_list
+from .device import resolve_device
 from .export.contract import metadata_files, open_engine_model, warn_close_atoms
 from .model_info import ModelInfo
 
@@ -20,6 +21,10 @@ class EquiformerCalculator(Calculator):
     Properties: energy, free_energy, energies (per atom), forces, stress (periodic cells).
     A per-structure ``energy_offset`` (official MD17 imports) is added to the energy and
     spread evenly over the per-atom energies.
+
+    ``device``: cpu (default), cuda, cuda:K or auto (docs/gpu.md); the neighbour list is
+    built on the CPU, the network runs on the device. A compiled .pt2 runs only on the device
+    kind it was compiled for.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -28,7 +33,7 @@ class EquiformerCalculator(Calculator):
         super().__init__(**kwargs)
         if (model is None) == (checkpoint is None):
             raise ValueError("give exactly one of model='MODEL.pt' (exported) or checkpoint='CKPT.pt'")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if model is not None:
             self.info = ModelInfo.read(model)
             self.engine = open_engine_model(model, self.device, self.info.metadata)

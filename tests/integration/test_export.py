@@ -529,7 +529,7 @@ def test_cli_exported_model_given_as_checkpoint(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("opt,match", [
     (["--dtype", "float16"], "unsupported dtype 'float16'"),
-    (["--device", "tpu"], "unsupported device 'tpu'"),
+    (["--device", "tpu"], "--device 'tpu' is not a device this package runs on"),
 ])
 def test_cli_bad_dtype_or_device_leaves_output_untouched(files, tmp_path, capsys, opt, match):
     out = tmp_path / "existing.pt"
@@ -541,9 +541,9 @@ def test_cli_bad_dtype_or_device_leaves_output_untouched(files, tmp_path, capsys
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_export_cuda_without_cuda(eager, tmp_path):
-    with pytest.raises(ValueError, match="no CUDA device"):
+    with pytest.raises(ValueError, match="no CUDA GPU is visible to torch"):
         export_model(eager, str(tmp_path / "x.pt"), device="cuda")
-    with pytest.raises(ValueError, match="no CUDA device"):
+    with pytest.raises(ValueError, match="no CUDA GPU is visible to torch"):
         export_model(eager, str(tmp_path / "x.pt"), device="cuda:1")
 
 

@@ -462,6 +462,46 @@ def test_layer_mode_equals_ghost_and_map(tmp_path, models):
             assert np.allclose(frame[:, 9:15], base[:, 9:15], rtol=0, atol=1e-10 * scale[4:].max()), key
 
 
+LAYER_TRAFFIC = re.compile(r"layer exchange moved (\d+) node-feature rows between the model's device and the host "
+                           r"at step \d+ \(whole copies: (\d+); (\d+) boundary atoms")
+
+
+def test_layer_exchange_moves_only_boundary_rows(tmp_path, models):
+    """Per layer only the boundary atoms' node features (atoms another rank holds as ghost
+    nodes) go from the model's device to the host, and only the ghost nodes' rows come back;
+    the log counts the rows of the first step. 500 atoms: one rank moves nothing, two and four
+    a fraction of the whole copies; the trajectory (reneighboring and sorting the atoms every
+    5 steps) stays that of one rank in map mode, so no boundary row was missed."""
+    system = triclinic_system(n=500, scale=(500 / 48) ** (1 / 3))
+    types = ["H", "C", "O", "Cu"]
+    pre = "atom_modify sort 5 1.0\nneigh_modify every 5 delay 0 check no\n"
+    runs = {}
+    for np_, mode, newton in ((1, "map", "on"), (1, "layer", "on"), (2, "layer", "on"), (2, "layer", "off"),
+                              (4, "layer", "on")):
+        d = tmp_path / f"{np_}-{mode}-{newton}"
+        d.mkdir()
+        write_data(str(d / "data.lmp"), system, types)
+        proc = run_lammps(d, md_input(models["mp"], types, newton=newton, extra_pair=f"mode {mode}", steps=20, pre=pre),
+                          np_=np_)
+        runs[(np_, mode, newton)] = parse_dump(d / "out.dump")
+        m = LAYER_TRAFFIC.search(proc.stdout)
+        if mode == "map":
+            assert m is None
+            continue
+        moved, whole, boundary = (int(v) for v in m.groups())
+        print(f"np {np_} newton {newton}: {moved} of {whole} rows moved, {boundary} boundary atoms of 500")
+        if np_ == 1:  # every ghost is an image of a local atom: nothing to exchange
+            assert moved == 0 and boundary == 0
+        else:
+            assert 0 < boundary < 500 and 0 < moved < whole
+    base = runs[(1, "map", "on")]
+    for key, frames in runs.items():
+        for frame, ref in zip(frames, base):
+            scale = max(1.0, np.abs(ref[:, 5:9]).max())
+            assert np.allclose(frame[:, 2:5], ref[:, 2:5], rtol=0, atol=1e-9), key
+            assert np.allclose(frame[:, 5:9], ref[:, 5:9], rtol=0, atol=1e-10 * scale), key
+
+
 # ---------------------------------------------------------------------------------------
 # a real Equiformer (tiny preset, float64) against the ASE calculator
 

@@ -565,3 +565,99 @@ def test_compiled_package_refusals(compiled_pair, tmp_path):
         assert needle in message and path in message, message
         if name == "no-format":
             assert "equiformer-export CHECKPOINT.pt MODEL.pt2" in message, message
+
+
+# the CUDA platform kernel (libEquiformerOpenMMCUDA.so): built here, loadable only with a GPU
+# driver; without one every way in fails with a message naming the cause, never a crash
+
+CUDA_LIBRARY = Path(load_plugin()).with_name("libEquiformerOpenMMCUDA.so")
+HAS_CUDA_DRIVER = any(openmm.Platform.getPlatform(i).getName() == "CUDA" for i in range(openmm.Platform.getNumPlatforms()))
+
+
+def test_cuda_plugin_built():
+    """The CUDA kernel library is built beside the main one (where the openmm-cuda-12 wheel is
+    installed), with its version sidecar, and links OpenMM's CUDA platform and the main plugin."""
+    import json
+    import subprocess
+    try:
+        import openmm.version
+        has_openmm_cuda = (Path(openmm.version.openmm_library_path) / "plugins" / "libOpenMMCUDA.so").is_file()
+    except Exception:  # pragma: no cover
+        has_openmm_cuda = False
+    if not has_openmm_cuda:
+        pytest.skip("OpenMM's CUDA platform (pip install openmm-cuda-12) is not installed")
+    assert CUDA_LIBRARY.is_file(), f"{CUDA_LIBRARY} was not built (scripts/build_cpp.sh)"
+    info = json.loads(CUDA_LIBRARY.with_suffix(".json").read_text())
+    assert info["plugin"] == "openmm-cuda" and info["torch"] == torch.__version__, info
+    needed = subprocess.run(["readelf", "-d", str(CUDA_LIBRARY)], capture_output=True, text=True).stdout
+    for lib in ("libEquiformerOpenMM.so", "libOpenMMCUDA.so", "libtorch_cuda.so"):
+        assert f"[{lib}]" in needed, needed
+
+
+@pytest.mark.skipif(HAS_CUDA_DRIVER, reason="this machine has OpenMM's CUDA platform")
+def test_cuda_plugin_load_fails_cleanly():
+    """Loading the CUDA kernel without a GPU driver: an exception naming the missing library
+    in a fresh process (which must exit normally, not on a signal), and the remembered reason."""
+    import subprocess
+    if not CUDA_LIBRARY.is_file():
+        pytest.skip("the CUDA kernel library is not built")
+    script = (
+        "import torch, openmm, sys\n"
+        f"openmm.Platform.loadPluginLibrary({str(Path(load_plugin()))!r})\n"
+        "try:\n"
+        f"    openmm.Platform.loadPluginLibrary({str(CUDA_LIBRARY)!r})\n"
+        "except Exception as exc:\n"
+        "    print('REFUSED:', exc)\n"
+        "else:\n"
+        "    print('LOADED')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert "REFUSED:" in run.stdout and "libcuda.so" in run.stdout, run.stdout + run.stderr[-2000:]
+
+    from equiformer.openmm.native import cuda_plugin_status
+    available, detail = cuda_plugin_status()
+    assert not available and "libcuda.so" in detail, detail
+
+
+@pytest.mark.skipif(HAS_CUDA_DRIVER, reason="this machine has OpenMM's CUDA platform")
+def test_cuda_platform_unavailable_message():
+    """Asking for the CUDA platform here: OpenMM's own error, and the helper's clear one."""
+    from equiformer.openmm.native import check_platform, cuda_platform
+    with pytest.raises(Exception) as info:
+        openmm.Platform.getPlatformByName("CUDA")
+    assert "CUDA" in str(info.value)
+    with pytest.raises(RuntimeError) as info:
+        cuda_platform()
+    message = str(info.value)
+    assert message.startswith("the Equiformer CUDA kernel could not be loaded: "), message
+    assert "no CUDA platform here" in message and "use the CPU or Reference platform" in message, message
+    with pytest.raises(RuntimeError, match="Equiformer CUDA kernel"):
+        check_platform("CUDA")
+    check_platform("Reference")  # other platforms pass
+    check_platform(openmm.Platform.getPlatformByName("CPU"))
+
+
+@pytest.mark.skipif(not HAS_CUDA_DRIVER, reason="needs a GPU and OpenMM's CUDA platform")
+def test_cuda_platform_matches_reference(model):  # pragma: no cover - GPU machines only
+    """On a GPU: the CUDA kernel (positions, neighbours, network and forces on the device) gives
+    the Reference platform's energy and forces, in every OpenMM precision, periodic or not."""
+    from equiformer.openmm.native import cuda_platform
+    platform = cuda_platform()
+    cases = [(molecule(), None), (periodic_positions(TRICLINIC, 12), TRICLINIC), (periodic_positions(SMALL, 6), SMALL)]
+    for pos, box in cases:
+        system = make_system(len(pos), box=box)
+        system.addForce(EquiformerForce(model, [SYMBOLS[k % len(SYMBOLS)] for k in range(len(pos))],
+                                        periodic=box is not None))
+        ref = evaluate(system, pos, "Reference", box=box)
+        for precision in ("double", "mixed", "single"):
+            context = openmm.Context(system, openmm.VerletIntegrator(1e-4), platform, {"Precision": precision})
+            if box is not None:
+                context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+            context.setPositions(pos)
+            state = context.getState(getEnergy=True, getForces=True)
+            energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+            tol = 1e-9 if precision == "double" else 1e-4
+            assert abs(energy - ref[0]) <= tol * (1 + abs(ref[0])), (precision, box, energy, ref[0])
+            assert np.abs(forces - ref[1]).max() <= tol * (1 + np.abs(ref[1]).max()), (precision, box)

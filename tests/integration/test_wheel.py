@@ -114,6 +114,7 @@ def test_wheel_contents_and_rpaths(wheel, tmp_path):
     for want in ("equiformer/lib/build_info.json", "equiformer/lib/lammps/equiformerplugin.so",
                  "equiformer/lib/lammps/libequiformer_lammps.so", "equiformer/lib/lammps/equiformerplugin.json",
                  "equiformer/lib/openmm/libEquiformerOpenMM.so", "equiformer/lib/openmm/libEquiformerOpenMM.json",
+                 "equiformer/lib/openmm/libEquiformerOpenMMCUDA.so", "equiformer/lib/openmm/libEquiformerOpenMMCUDA.json",
                  "equiformer/shipped/models/cu/model.ckpt.pt", "equiformer/shipped/models/cu/model.float64.pt",
                  "equiformer/shipped/models/aspirin/model.pt", "equiformer/shipped/data/aspirin_start.xyz",
                  "equiformer/lammps.py", "equiformer/cli/demo.py"):
@@ -121,15 +122,19 @@ def test_wheel_contents_and_rpaths(wheel, tmp_path):
     assert not [n for n in names if "__pycache__" in n or n.startswith(("tests/", "build/"))]
     info = json.loads((tmp_path / "x/equiformer/lib/build_info.json").read_text())
     assert info["lammps_plugin"] == "built" and info["openmm_plugin"] == "built", info
+    assert info["openmm_cuda_kernel"] == "built", info
     expected = {"lammps": ["$ORIGIN/../../../torch/lib"],
-                "openmm": ["$ORIGIN/../../../torch/lib", "$ORIGIN/../../../OpenMM.libs/lib"]}
+                "openmm": ["$ORIGIN/../../../torch/lib", "$ORIGIN/../../../OpenMM.libs/lib"],
+                "libEquiformerOpenMMCUDA.so": ["$ORIGIN", "$ORIGIN/../../../torch/lib", "$ORIGIN/../../../OpenMM.libs/lib",
+                                               "$ORIGIN/../../../OpenMM.libs/lib/plugins"]}
     libs = sorted((tmp_path / "x").rglob("*.so"))
-    assert len(libs) == 3, libs
+    assert len(libs) == 4, libs
     for lib in libs:
         dynamic = _run(["readelf", "-d", lib], cwd=tmp_path).stdout
         paths = re.findall(r"\((?:RPATH|RUNPATH)\)\s+Library r(?:un)?path: \[(.*)\]", dynamic)
         assert len(paths) == 1, (lib, dynamic)
-        assert paths[0].split(":") == expected[lib.parent.name], (lib.name, paths[0])
+        want = expected.get(lib.name, expected[lib.parent.name])
+        assert paths[0].split(":") == want, (lib.name, paths[0])
     # the shipped model files are the checkout's, byte for byte (the checkpoints' training
     # configs name the data files of the machine they were trained on: data, not build output)
     shipped = tmp_path / "x" / "equiformer" / "shipped" / "models"

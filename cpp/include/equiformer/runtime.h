@@ -12,6 +12,10 @@
 
 namespace equiformer {
 
+namespace detail {
+struct ImplAccess;  // the runtime's internal device API (cpp/src/device_api.h)
+}
+
 // Every failure of this library (bad file, bad metadata, unusable device, model error).
 class Error : public std::runtime_error {
  public:
@@ -41,6 +45,19 @@ class LayerExchange {
   // Adjoint of forward: add the rows of the non-local nodes of G[n_nodes*F] onto their
   // owners' rows (wherever they live), then zero those rows.
   virtual void reverse(double *g, int64_t n_nodes, int64_t F) = 0;
+  // The local nodes (strictly increasing, each in 0..n_local-1) whose rows forward() may
+  // read and reverse() may add to: the owners of some non-local node on any rank ("boundary
+  // rows"). Then only those rows of a layer's output cross from the model's device to the
+  // host before forward(), and only the non-local rows come back after it; the other local
+  // rows of X are zero on entry. Likewise reverse() gets only the non-local rows of G (the
+  // local rows zero) and only the boundary rows' increments go back. nullptr (the default):
+  // every row crosses both ways. Read at every exchange; the pointer must stay valid during
+  // compute_layered(). A set missing a row that is read gives wrong results.
+  virtual const std::vector<int64_t> *boundary_rows() { return nullptr; }
+
+  // Rows of node features the runtime copied between its device and the host for this
+  // exchange (over all calls; on the CPU device the same host-side copies are counted).
+  int64_t rows_to_host = 0, rows_to_device = 0;
 };
 
 // An exported model (docs/model-format.md): a TorchScript file or a compiled AOTInductor
@@ -126,6 +143,7 @@ class Model {
   static int cuda_device_count();
 
  private:
+  friend struct detail::ImplAccess;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

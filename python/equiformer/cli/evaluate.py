@@ -31,11 +31,12 @@ def evaluate(ckpt_path: str, data_paths: List[str], energy_key: Optional[str] = 
     import torch
 
     from equiformer.data.dataset import GraphDataset, GraphLoader, read_structures
+    from equiformer.device import resolve_device
     from equiformer.train.checkpoint import load_checkpoint, model_from_checkpoint
-    from equiformer.train.trainer import evaluate_dataset, resolve_device
+    from equiformer.train.trainer import evaluate_dataset
 
+    dev = resolve_device(device, "--device", "--device {}")  # before reading anything
     ckpt = load_checkpoint(ckpt_path)
-    dev = resolve_device(device)
     model = model_from_checkpoint(ckpt, device=dev)
     dtype = getattr(torch, ckpt.get("dtype", "float64"))
     data_cfg = ((ckpt.get("metadata") or {}).get("config") or {}).get("data") or {}

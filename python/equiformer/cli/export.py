@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from ..device import resolve_device
 from ..export.contract import check_writable
 from ..export.torchscript import export_model, load_any
 
@@ -40,7 +41,10 @@ def main(argv=None) -> int:
                         "AOTInductor package, compiled for this machine's CPU and torch version); default: from "
                         "the extension (.pt2: aoti)")
     p.add_argument("--dtype", default="float64", help="float32 (fast) or float64 (reference); default float64")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (engines may move the model); default cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:K or auto: where the export is traced and checked; a .pt file runs on any "
+                        "device afterwards, a .pt2 package only on the device kind it was compiled for (docs/gpu.md); "
+                        "default cpu")
     p.add_argument("--chunked-above", "--layerwise-above", type=int, metavar="EDGES", dest="chunked_above",
                    help="graphs with more edges are evaluated by chunks of centre atoms, layers recomputed: "
                         "memory that grows with the atoms only, for about one extra forward pass of the attention "
@@ -63,6 +67,7 @@ def main(argv=None) -> int:
         check_outputs([args.checkpoint, args.official_recipe],
                       [("output", args.output), ("--write-checkpoint", args.write_checkpoint)], args.overwrite)
         check_writable(args.output)  # before the work, not after it
+        device = str(resolve_device(args.device, "--device", "--device {}"))
         model = load_any(args.checkpoint, args.official_recipe)
         if args.write_checkpoint:
             from ..train.checkpoint import build_checkpoint, save_checkpoint
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
             save_checkpoint(build_checkpoint(model, model.state_dict(), normalization,
                                              metadata={"source": f"official checkpoint {args.checkpoint}"}),
                             args.write_checkpoint)
-        meta = export_model(model, args.output, dtype=args.dtype, device=args.device,
+        meta = export_model(model, args.output, dtype=args.dtype, device=device,
                             chunked_edges=args.chunked_above, min_distance=args.min_distance, fmt=args.format)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"equiformer-export: error: {exc}", file=sys.stderr)

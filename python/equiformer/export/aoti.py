@@ -7,7 +7,7 @@ The package holds one compiled function, traced from the energy and its gradient
 
 where ``edge_gradient`` is d(sum of the first n_local atom energies)/d(edge vector). Forces
 and virials are assembled from it by the caller, in the one place per language that does so
-(forces.py, the C++ runtime's edge_gradient_to_forces). N and E are dynamic; callers append
+(forces.py, the C++ runtime's assemble_from_edge_gradient). N and E are dynamic; callers append
 `PAD_NODES` nodes joined by `PAD_EDGES` edges (an isolated dimer that touches no real atom)
 so that the compiled sizes are never below 2, the smallest that AOTInductor's shape checks
 accept: one atom, no edge and one edge take the same path as any graph.
@@ -226,6 +226,17 @@ def check_runnable(path: str, files: Dict[str, str]) -> None:
                          "on (or use the TorchScript .pt file)")
 
 
+def check_device_kind(path: str, files: Dict[str, str], device: torch.device) -> None:
+    """A package's code is compiled for one device kind (its metadata ``device``): refuse to
+    run it on another, before loading it."""
+    built = torch.device(files.get("device") or "cpu").type
+    if built != device.type:
+        raise ValueError(f"{path} was compiled for {built}, and this route asks for {device}: a .pt2 package runs "
+                         f"only on the device kind it was compiled for; use device {built!r}, or re-export it "
+                         f"with `equiformer-export CHECKPOINT.pt MODEL.pt2 --device {device.type}` (or use the "
+                         "TorchScript .pt file, which runs on any device)")
+
+
 # ATen's CPU capabilities: a baseline package runs on any CPU of its architecture; on x86 a
 # package needs at least the vector extension it was compiled for (the C++ runtime agrees)
 BASELINE = ("DEFAULT", "NO AVX")
@@ -252,6 +263,7 @@ class PackageEngineModel:
         self.cutoff = float(files["cutoff"])
         self.dtype = {"float32": torch.float32, "float64": torch.float64}[files["dtype"]]
         self.device = torch.device(device)
+        check_device_kind(path, files, self.device)
         index = self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
         try:
             self.runner = torch._inductor.aoti_load_package(path, device_index=index)

@@ -179,7 +179,11 @@ def open_engine_model(path: str, device="cpu", metadata: Optional[Dict[str, str]
     """The engine contract's callable of an exported file, TorchScript (.pt) or compiled
     package (.pt2): ``model(species, edge_index, edge_vectors, n_local) -> dict``. Python
     routes call this rather than torch.jit.load so that either file works everywhere;
-    ``metadata``: the file's entries when the caller has read them (ModelInfo.metadata)."""
+    ``metadata``: the file's entries when the caller has read them (ModelInfo.metadata);
+    ``device``: cpu, cuda, cuda:K, auto or a torch.device (equiformer.device.resolve_device)."""
+    from ..device import resolve_device
+
+    device = resolve_device(device)
     if is_compiled_package(path):
         from .aoti import PackageEngineModel
 

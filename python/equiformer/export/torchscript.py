@@ -7,6 +7,7 @@ import torch
 
 from .. import __version__
 from ..data.neighbors import neighbor_list
+from ..device import resolve_device
 from ..model import Equiformer, clone_model
 from ..units import length_factor
 from ..nn.features import all_features_gradient, as_list, differentiable, from_list
@@ -177,19 +178,18 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
     EquiformerEngineModel; ``layerwise_edges`` is its former name); default: where one autograd
     pass would keep more than SINGLE_PASS_MEMORY bytes; -1: never. ``edge_chunk``: edges per
     chunk. ``min_distance`` (Angstrom): engines warn once per run when two atoms come closer
-    (default 0.5)."""
+    (default 0.5). ``device``: where the export is traced and checked (cpu, cuda, cuda:K or
+    auto); a TorchScript file runs on any device afterwards, a .pt2 package only on the device
+    kind it was compiled for."""
     if layerwise_edges is not None:
         if chunked_edges is not None:
             raise ValueError("give chunked_edges only; layerwise_edges is its former name")
         chunked_edges = layerwise_edges
     if dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; choose float32 or float64")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unsupported device {device!r}; choose cpu or cuda")
+    device = str(resolve_device(device))  # cpu, cuda, cuda:K, auto; a GPU that is not there is refused
     if min_distance is not None and not min_distance >= 0.0:
         raise ValueError(f"min_distance must be a distance >= 0 (Angstrom), got {min_distance}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device on this machine; use --device cpu")
     check_writable(path)
     torch_dtype = DTYPES[dtype]
     if format_of(path, fmt) == "aoti":

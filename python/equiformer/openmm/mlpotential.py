@@ -12,7 +12,9 @@ latter winning):
                     (a TorchForce carries TorchScript only)
     precision       None (model dtype), 'single' or 'double'
     outputsForces   TorchForce only: return the model's forces (default True)
-    device          PythonForce and native: torch device of the model (default 'cpu')
+    device          PythonForce and native: torch device of the model, 'cpu' (default),
+                    'cuda', 'cuda:K' or 'auto' (docs/gpu.md); TorchForce runs on the
+                    Context's platform (CUDA platform: its GPU)
     numThreads      PythonForce and native: torch CPU threads
 """
 

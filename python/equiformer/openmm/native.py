@@ -22,6 +22,13 @@ its folder), in ``lib/openmm`` of this package (``pip install .``), in
 ``$BUILD_DIR/openmm_plugin/plugins`` and in OpenMM's plugin folder (``cmake --install build
 --component openmm_plugin``); a copy OpenMM already loaded is used as it is. A library built
 for another torch or OpenMM (its ``libEquiformerOpenMM.json``) is refused before loading.
+
+CUDA platform: the kernel for OpenMM's CUDA platform is a second library beside the first,
+``libEquiformerOpenMMCUDA.so`` (it links OpenMM's CUDA platform and needs the CUDA driver).
+`load_plugin` tries it after the main library; a failure (e.g. no ``libcuda.so.1`` on a
+machine without a GPU) is remembered, never raised: `cuda_plugin_status` says what happened,
+`cuda_platform` returns OpenMM's CUDA platform or raises a RuntimeError naming the cause, and
+`check_platform` does the same for a platform chosen elsewhere.
 """
 
 import ctypes
@@ -36,6 +43,7 @@ import openmm
 from equiformer.openmm.common import _atom_descriptions, prepare
 
 LIBRARY_NAME = "libEquiformerOpenMM.so"
+CUDA_LIBRARY_NAME = "libEquiformerOpenMMCUDA.so"
 KERNEL_NAME = "CalcEquiformerForce"
 _ABI_VERSION = 2
 # the plugin's XML (serialization/src/EquiformerForceProxy.cpp): settings are attributes of
@@ -45,14 +53,15 @@ XML_LISTS = {"atomicNumbers": ("AtomicNumbers", "Atom", "z"), "particles": ("Par
 
 _lib = None
 _lib_path = None
+_cuda_status = None  # (available, library path or why not), set by load_plugin
 
 
-def _loaded_copy() -> Optional[str]:
+def _loaded_copy(name: str = LIBRARY_NAME) -> Optional[str]:
     """Path of the plugin library if this process has it mapped already (Linux)."""
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
-                if line.rstrip().endswith("/" + LIBRARY_NAME):
+                if line.rstrip().endswith("/" + name):
                     return line.split(None, 5)[-1].strip()
     except OSError:  # pragma: no cover - not Linux
         pass
@@ -125,7 +134,70 @@ def load_plugin(path=None) -> str:
                           f"this module expects {_ABI_VERSION}; rebuild with scripts/build_cpp.sh")
     lib.equiformer_openmm_assign.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     _lib, _lib_path = lib, library
+    _load_cuda_plugin(library)
     return library
+
+
+def _load_cuda_plugin(library: str) -> None:
+    """Load the CUDA kernel library that sits beside LIBRARY; remember a failure (no GPU
+    driver here, not built, another torch/OpenMM) in `_cuda_status` instead of raising."""
+    global _cuda_status
+    loaded = _loaded_copy(CUDA_LIBRARY_NAME)
+    if loaded is not None:
+        _cuda_status = (True, loaded)
+        return
+    path = Path(library).with_name(CUDA_LIBRARY_NAME)
+    if not path.is_file():
+        _cuda_status = (False, f"{path} does not exist (it is built only where OpenMM's CUDA platform, "
+                               "libOpenMMCUDA.so from pip install openmm-cuda-12, and a CUDA libtorch are found)")
+        return
+    try:
+        _check_versions(str(path))
+        openmm.Platform.loadPluginLibrary(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure only disables the CUDA kernel
+        _cuda_status = (False, str(exc).strip())
+        return
+    _cuda_status = (True, str(path))
+
+
+def _has_platform(name: str) -> bool:
+    return any(openmm.Platform.getPlatform(i).getName() == name for i in range(openmm.Platform.getNumPlatforms()))
+
+
+def cuda_plugin_status():
+    """``(available, detail)``: whether EquiformerForce has a kernel for OpenMM's CUDA platform
+    in this process, and the library's path or why not (the loader's error, e.g. a missing
+    ``libcuda.so.1``)."""
+    load_plugin()
+    available, detail = _cuda_status
+    if available and not _has_platform("CUDA"):
+        return False, f"{detail} is loaded but OpenMM has no CUDA platform (openmm.Platform.getPluginLoadFailures())"
+    return available, detail
+
+
+def _cuda_unavailable_message(detail: str) -> str:
+    message = f"the Equiformer CUDA kernel could not be loaded: {detail}"
+    if not _has_platform("CUDA"):
+        message += "; no CUDA platform here — use the CPU or Reference platform"
+    return message
+
+
+def cuda_platform() -> openmm.Platform:
+    """OpenMM's CUDA platform with the EquiformerForce kernel, or a RuntimeError naming why
+    not (instead of OpenMM's 'There is no registered Platform called "CUDA"' or 'does not
+    support all required kernels')."""
+    available, detail = cuda_plugin_status()
+    if not available:
+        raise RuntimeError(_cuda_unavailable_message(detail))
+    return openmm.Platform.getPlatformByName("CUDA")
+
+
+def check_platform(platform) -> None:
+    """Raise the RuntimeError of `cuda_platform` when PLATFORM (a Platform or its name) is CUDA
+    and the EquiformerForce CUDA kernel is not available; other platforms pass."""
+    name = platform if isinstance(platform, str) else platform.getName()
+    if name == "CUDA":
+        cuda_platform()
 
 
 def _atomic_numbers(elements, particles):
@@ -180,7 +252,9 @@ class EquiformerForce(openmm.Force):
     particles: System indices of the ML particles (ML/MM); None = all particles.
     periodic: use the Context's periodic box; None = whether the Topology has a box (else False).
     precision: None (the model's dtype), 'single' or 'double' (must match the model).
-    device: libtorch device of the network ('cpu', 'cuda', 'cuda:K', 'auto').
+    device: libtorch device of the network ('cpu', 'cuda', 'cuda:K', 'auto') on the Reference
+        and CPU platforms; on the CUDA platform the network always runs on the Context's GPU
+        ('cuda:K' must name that device).
     numThreads: libtorch intra-op threads (process wide); 0 = libtorch's default.
 
     The model, the elements, the precision and the box are checked when the Context is

@@ -27,8 +27,9 @@ class EquiformerComputation:
 
     def __init__(self, setup: ModelSetup, device: str = "cpu", num_threads: Optional[int] = None):
         self.setup = setup
-        self.device = str(device)
+        self.device = str(device)  # as asked ('auto' is resolved again in each process)
         self.num_threads = num_threads
+        self._device = None  # the torch.device it resolved to (_load)
         self._model = None
         self._species = None
         self._warned_close = False
@@ -42,13 +43,17 @@ class EquiformerComputation:
     def _load(self):
         import torch
         import vesin  # noqa: F401  (the neighbor search needs it: fail when the force is made)
+
+        from equiformer.device import resolve_device
+        device = resolve_device(self.device)  # cpu, cuda, cuda:K, auto; a missing GPU is refused here
         if not os.path.isfile(self.setup.model_path):
             raise FileNotFoundError(f"equiformer PythonForce: model file {self.setup.model_path} does not exist")
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
         check_archive(self.setup.model_path, "model file", REEXPORT)
-        self._model = open_engine_model(self.setup.model_path, self.device, self.setup.info.metadata)
-        self._species = torch.tensor(self.setup.species, dtype=torch.long, device=self.device)
+        self._model = open_engine_model(self.setup.model_path, device, self.setup.info.metadata)
+        self._species = torch.tensor(self.setup.species, dtype=torch.long, device=device)
+        self._device = device
 
     def edges(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray]):
         """Model-unit neighbor list (numpy): edge_index [2,E] (src=j, dst=i), vectors x_j - x_i + shift."""
@@ -72,8 +77,8 @@ class EquiformerComputation:
         if not self._warned_close and len(vectors) > 0:
             closest = float(np.sqrt((vectors * vectors).sum(1).min()))
             self._warned_close = warn_close_atoms(closest / s.nm_to_model, s.info.min_distance / s.nm_to_model, "nm")
-        ei = torch.from_numpy(edge_index).to(self.device)
-        ev = torch.from_numpy(np.ascontiguousarray(vectors)).to(device=self.device, dtype=s.torch_dtype)
+        ei = torch.from_numpy(edge_index).to(self._device)
+        ev = torch.from_numpy(np.ascontiguousarray(vectors)).to(device=self._device, dtype=s.torch_dtype)
         out = self._model(self._species, ei, ev, s.num_ml_atoms)
         energy = (float(out["energy"]) + s.info.energy_offset) * s.energy_to_kj
         forces = out["forces"].detach().to("cpu", torch.float64).numpy() * s.force_to_kj_nm
@@ -98,7 +103,8 @@ def create_python_force(model: str, topology, atoms: Optional[Sequence[int]] = N
     """An `openmm.PythonForce` computing the exported model's energy and forces.
 
     Arguments as `create_torch_force`; `device` is the torch device the model runs on
-    ('cpu', 'cuda', ...) and `num_threads` optionally sets torch's CPU threads.
+    ('cpu', 'cuda', 'cuda:K' or 'auto'; docs/gpu.md: a GPU that torch cannot see is refused
+    here) and `num_threads` optionally sets torch's CPU threads.
     """
     import openmm
     if not hasattr(openmm, "PythonForce"):

@@ -25,6 +25,7 @@ import yaml
 from equiformer.data import keys
 from equiformer.data.atoms import graph_to
 from equiformer.data.dataset import GraphDataset, GraphLoader, file_fingerprint, infer_species, read_structures, split_indices
+from equiformer.device import resolve_device as _resolve_device
 from equiformer.train.checkpoint import build_checkpoint, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from equiformer.train.ema import EMA
 from equiformer.train.loss import Loss, Metrics
@@ -44,16 +45,10 @@ class TrainingInterrupted(Exception):
         self.path, self.epoch, self.step = path, epoch, step
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"run.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device is {name!r} but CUDA is not available; use run.device: cpu")
-    return dev
+def resolve_device(name) -> torch.device:
+    """``run.device`` as a torch.device (equiformer.device.resolve_device, the one resolution
+    of every route)."""
+    return _resolve_device(name, "run.device", "run.device: {}")
 
 
 def _as_list(v) -> List[str]:

@@ -4,6 +4,7 @@
 // equiformer runtime (libtorch, "cpu" or a CUDA device).
 #pragma once
 
+#include "EquiformerKernelSetup.h"
 #include "EquiformerKernels.h"
 #include "equiformer/neighbors.h"
 #include "equiformer/runtime.h"
@@ -23,17 +24,7 @@ class ReferenceCalcEquiformerForceKernel : public CalcEquiformerForceKernel {
   double execute(OpenMM::ContextImpl &context, bool includeForces, bool includeEnergy) override;
 
  private:
-  void checkBox(const double *boxModelUnits) const;
-
-  std::unique_ptr<equiformer::Model> model;
-  std::vector<int> particles;     // System index of every ML atom
-  std::vector<int64_t> species;   // model species index of every ML atom
-  bool periodic = false;
-  double nmToModel = 1.0;         // model length units per nm
-  double energyToKJ = 1.0;        // kJ/mol per model energy unit
-  double cutoff = 0.0;            // model length unit
-  double energyOffset = 0.0;      // model energy unit, once per system
-  bool warnedClose = false;       // the close-atoms warning was given (once per Context)
+  EquiformerKernelSetup setup;    // model, species, units, box check (shared with the CUDA kernel)
   equiformer::CellList cells;
   equiformer::NeighborList edges;
   std::vector<double> positions;  // model length unit, 3 per ML atom
