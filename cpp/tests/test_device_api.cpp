@@ -6,6 +6,7 @@
 #include "device_api.h"
 
 #include "equiformer/neighbors.h"
+#include "checks.h"
 #include "equiformer/runtime.h"
 
 #include <algorithm>
@@ -19,16 +20,7 @@
 
 namespace {
 
-int failures = 0, checks = 0;
-
-void check(bool ok, const std::string &what)
-{
-  ++checks;
-  if (!ok) {
-    ++failures;
-    std::cerr << "FAIL: " << what << "\n";
-  }
-}
+using equiformer_test::check;
 
 struct Edge {
   int64_t dst, src;
@@ -293,6 +285,5 @@ int main(int argc, char **argv)
     std::cerr << "FAIL: unexpected exception: " << e.what() << "\n";
     return 1;
   }
-  std::cout << checks - failures << "/" << checks << " checks passed\n";
-  return failures == 0 ? 0 : 1;
+  return equiformer_test::report();
 }

@@ -1,5 +1,6 @@
 // Tests of equiformer_runtime against the analytic pair model (tests/analytic_models.py).
 // Usage: test_runtime DIR  (DIR written by make_models.py)
+#include "checks.h"
 #include "equiformer/runtime.h"
 
 #include <algorithm>
@@ -13,16 +14,7 @@
 
 namespace {
 
-int failures = 0, checks = 0;
-
-void check(bool ok, const std::string &what)
-{
-  ++checks;
-  if (!ok) {
-    ++failures;
-    std::cerr << "FAIL: " << what << "\n";
-  }
-}
+using equiformer_test::check;
 
 void check_close(double got, double want, double tol, const std::string &what)
 {
@@ -385,6 +377,5 @@ int main(int argc, char **argv)
     std::cerr << "FAIL: unexpected exception: " << e.what() << "\n";
     return 1;
   }
-  std::cout << checks - failures << "/" << checks << " checks passed\n";
-  return failures == 0 ? 0 : 1;
+  return equiformer_test::report();
 }
