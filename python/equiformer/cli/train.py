@@ -21,7 +21,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="equiformer-train",
         description="Train an Equiformer potential from a YAML config. Writes last.pt, best.pt, "
-        "metrics.csv and config.yaml into run.output_dir.",
+        "metrics.csv and config.yaml into run.output_dir (a committee, committee: K, writes one such "
+        "folder per member: run.output_dir/member-0 ...).",
     )
     parser.add_argument("config", nargs="?", help="YAML config file")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt (run.resume)")
@@ -31,6 +32,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, help="override optim.epochs")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
                         help="override any option (value parsed as YAML), e.g. --set optim.lr=1e-4; repeatable")
+    parser.add_argument("--member", type=int, action="append", metavar="K",
+                        help="committee runs: train only member K (repeatable), e.g. one member per machine")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--help-config", action="store_true", help="print every config option with its default and exit")
     args = parser.parse_args(argv)
@@ -62,9 +65,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     from equiformer.train.checkpoint import CheckpointError
+    from equiformer.train.committee import train_committee
     from equiformer.train.trainer import TrainingInterrupted, train
 
+    size = cfg["committee"]["size"]
+    if args.member and size == 1:
+        print("equiformer-train: --member needs a committee config (committee: K with K > 1)", file=sys.stderr)
+        return 2
     try:
+        if size > 1:
+            result = train_committee(cfg, args.member)
+            print(f"done: committee of {size} in {result['output_dir']} (members "
+                  f"{', '.join(str(k) for k in result['members'])} trained); export it with "
+                  f"`equiformer-export {result['output_dir']} committee.pt`")
+            return 0
         summary = train(cfg)
     except TrainingInterrupted as exc:
         print(f"\n{exc}\nresume with: equiformer-train {args.config} --resume"

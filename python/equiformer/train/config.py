@@ -90,6 +90,13 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
         "progress": Option((bool,), True, "show a tqdm progress bar"),
         "val_every": Option((int,), 1, "validate every this many epochs (and at the last epoch)", minimum=1),
     },
+    "committee": {
+        "size": Option((int,), 1, "members trained (committee: K is short for committee.size: K); member k uses seed "
+                       "run.seed + k and writes output_dir/member-k", minimum=1),
+        "split": Option((str,), "shared", "train/validation split of the members: 'shared' (all use data.split_seed, "
+                        "or run.seed) or 'per_member' (member k splits with that seed + k)",
+                        choices=("shared", "per_member")),
+    },
 }
 SECTIONS = ("preset", "model") + tuple(SCHEMA)
 
@@ -143,6 +150,8 @@ def resolve_config(raw: Optional[Dict[str, Any]], require_data: bool = True) -> 
         raise ConfigError(f"preset must be one of {', '.join(TRAINING_PRESETS)}; got {preset_name!r}")
     preset = training_preset(preset_name)
 
+    if isinstance(raw.get("committee"), int) and not isinstance(raw["committee"], bool):
+        raw = dict(raw, committee={"size": raw["committee"]})  # `committee: 4` is committee.size: 4
     cfg: Dict[str, Any] = {"preset": preset_name}
     model = dict(preset.get("model", {}))
     user_model = raw.get("model", {}) or {}
