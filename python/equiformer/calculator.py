@@ -22,12 +22,22 @@ class EquiformerCalculator(Calculator):
     A per-structure ``energy_offset`` (official MD17 imports) is added to the energy and
     spread evenly over the per-atom energies.
 
+    A committee file (docs/committees.md) gives the members' mean under these keys and adds
+    `COMMITTEE_PROPERTIES` (in this instance's ``implemented_properties``): ``energy_std``
+    (eV, population std of the member totals), ``forces_std`` ([N] eV/Angstrom, the force
+    deviation sigma_F of each atom), ``member_energies`` ([K] eV, totals with the offset),
+    ``member_forces`` ([K, N, 3] eV/Angstrom), ``member_virials`` ([K, 3, 3] eV) and
+    ``model_deviation`` (dict: the deviation columns of `equiformer.committee.deviations`, eV
+    and Angstrom).
+
     ``device``: cpu (default), cuda, cuda:K or auto (docs/gpu.md); the neighbour list is
     built on the CPU, the network runs on the device. A compiled .pt2 runs only on the device
     kind it was compiled for.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    COMMITTEE_PROPERTIES = ["energy_std", "forces_std", "member_energies", "member_forces", "member_virials",
+                            "model_deviation"]
 
     def __init__(self, model: Optional[str] = None, checkpoint: Optional[str] = None, device: str = "cpu", **kwargs):
         super().__init__(**kwargs)
@@ -48,6 +58,8 @@ class EquiformerCalculator(Calculator):
             # described as its export would be
             metadata = metadata_of(eager, eager.energy_dtype(), str(self.device))
             self.info = ModelInfo.from_metadata(checkpoint, metadata_files(metadata))
+        if self.info.committee_size > 1:
+            self.implemented_properties = type(self).implemented_properties + self.COMMITTEE_PROPERTIES
         self.to_ev = self.info.energy_to("eV")
         self.to_model_length = self.info.length_from("Angstrom")
         self.warned_close = False
@@ -84,9 +96,25 @@ class EquiformerCalculator(Calculator):
             "energies": energies,
             "forces": out["forces"].cpu().numpy() * l_unit,
         }
+        if self.info.committee_size > 1:
+            self.results.update(committee_results(out, self.info.energy_offset, e_unit, l_unit))
         if pbc.all():
             virial = out["virial"].cpu().numpy() * e_unit
             stress = -virial / atoms.get_volume()
             self.results["stress"] = stress.reshape(9)[[0, 4, 8, 5, 2, 1]]
         elif "stress" in properties:
             raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
+
+
+def committee_results(out, energy_offset: float, e_unit: float, l_unit: float):
+    """The committee's extra results (class docstring) from its forward's member outputs;
+    ``e_unit``, ``l_unit``: energy and force conversions to eV and eV/Angstrom."""
+    from .committee import DEVIATION_KEYS, deviations
+
+    energies = (out["member_energies"].cpu().numpy() + energy_offset) * e_unit
+    forces = out["member_forces"].cpu().numpy() * l_unit
+    virials = out["member_virials"].cpu().numpy() * e_unit
+    devi = deviations(forces, virials, energies)
+    return {"energy_std": float(energies.std()), "forces_std": devi["sigma_F"], "member_energies": energies,
+            "member_forces": forces, "member_virials": virials,
+            "model_deviation": {key: devi[key] for key in DEVIATION_KEYS}}

@@ -42,6 +42,7 @@ class ModelInfo:
     min_distance: float            # closer atoms are warned about (the model has no repulsion)
     hyperparameters: dict = field(repr=False)
     metadata: Dict[str, str] = field(repr=False)
+    committee_size: int = 1        # members of a committee file (committee.py); 1: a single model
 
     @classmethod
     def read(cls, path) -> "ModelInfo":
@@ -87,6 +88,7 @@ class ModelInfo:
                 min_distance=_min_distance(files.get("min_distance", ""), length_unit),
                 hyperparameters=json.loads(files.get("hyperparameters") or "{}"),
                 metadata=dict(files),
+                committee_size=int(files.get("committee_size") or 1),
             )
         except ValueError as exc:  # json.JSONDecodeError is one too
             raise ValueError(f"{path}: malformed metadata ({exc}); re-export it with `equiformer-export`") from None
@@ -94,6 +96,8 @@ class ModelInfo:
             raise ValueError(f"{path}: species_symbols and atomic_numbers differ in length")
         if not info.cutoff > 0.0:
             raise ValueError(f"{path}: cutoff must be positive, got {info.cutoff}")
+        if info.committee_size < 1:
+            raise ValueError(f"{path}: committee_size must be at least 1, got {info.committee_size}")
         if info.num_layers < 1:
             raise ValueError(f"{path}: num_layers must be at least 1, got {info.num_layers}")
         return info

@@ -1,5 +1,6 @@
 """equiformer-export: a checkpoint -> the model file every engine loads (TorchScript .pt, or a
-compiled AOTInductor .pt2 package)."""
+compiled AOTInductor .pt2 package); several checkpoints, or a committee run's folder -> one
+committee file (docs/committees.md)."""
 
 import argparse
 import os
@@ -34,7 +35,10 @@ def main(argv=None) -> int:
         description="Write a checkpoint as an engine model (TorchScript .pt or compiled .pt2, with metadata; "
                     "docs/model-format.md).",
     )
-    p.add_argument("checkpoint", help="checkpoint written by equiformer-train (or an official one with --official-recipe)")
+    p.add_argument("checkpoint", nargs="+",
+                   help="checkpoint written by equiformer-train (or an official one with --official-recipe); "
+                        "several checkpoints, or the folder of a committee run (member-*/best.pt), make a committee "
+                        "file (docs/committees.md)")
     p.add_argument("output", help="model file to write: model.pt (TorchScript) or model.pt2 (compiled package)")
     p.add_argument("--format", choices=["torchscript", "aoti"],
                    help="torchscript (a .pt file, runs anywhere with the same torch major version) or aoti (an "
@@ -63,6 +67,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.write_checkpoint and not args.official_recipe:
         p.error("--write-checkpoint converts official checkpoints: give --official-recipe too")
+    if len(args.checkpoint) > 1 or os.path.isdir(args.checkpoint[0]):
+        return export_committee_cli(args)
+    args.checkpoint = args.checkpoint[0]
     try:
         check_outputs([args.checkpoint, args.official_recipe],
                       [("output", args.output), ("--write-checkpoint", args.write_checkpoint)], args.overwrite)
@@ -84,6 +91,43 @@ def main(argv=None) -> int:
         return 2
     print(f"wrote {args.output}: species {meta['species_symbols']}, cutoff {meta['cutoff']} {meta['length_unit']}, "
           f"{meta['num_layers']} layers, {meta['dtype']}, energies in {meta['energy_unit']}")
+    return 0
+
+
+def export_committee_cli(args) -> int:
+    """Several checkpoints (or a committee run's folder) -> one committee file."""
+    from ..committee import export_committee, member_checkpoints
+
+    try:
+        if args.write_checkpoint:
+            raise ValueError("--write-checkpoint converts one official checkpoint; convert the members one at a "
+                             "time, then export the converted checkpoints together")
+        if args.output.endswith(".pt2") or args.format == "aoti":
+            raise ValueError("a committee as a compiled .pt2 package is not available yet: export a TorchScript .pt")
+        if len(args.checkpoint) == 1:
+            paths = member_checkpoints(args.checkpoint[0])
+        else:
+            paths = args.checkpoint
+            folders = [path for path in paths if os.path.isdir(path)]
+            if folders:
+                raise ValueError(f"{folders[0]} is a folder: give either one committee run folder or checkpoint files")
+        check_outputs(paths + [args.official_recipe], [("output", args.output)], args.overwrite)
+        check_writable(args.output)  # before the work, not after it
+        device = str(resolve_device(args.device, "--device", "--device {}"))
+        members = []
+        for k, path in enumerate(paths):
+            try:
+                members.append(load_any(path, args.official_recipe))
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise type(exc)(f"committee member {k} ({path}): {exc}") from None
+        meta = export_committee(members, args.output, dtype=args.dtype, device=device,
+                                chunked_edges=args.chunked_above, min_distance=args.min_distance, names=paths)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"equiformer-export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: committee of {meta['committee_size']} members, species {meta['species_symbols']}, "
+          f"cutoff {meta['cutoff']} {meta['length_unit']}, {meta['num_layers']} layers, {meta['dtype']}, "
+          f"energies in {meta['energy_unit']}")
     return 0
 
 

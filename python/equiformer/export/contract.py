@@ -35,13 +35,15 @@ META_DEVICE = "device"
 META_ENERGY_OFFSET = "energy_offset"
 META_HYPERPARAMETERS = "hyperparameters"
 META_MIN_DISTANCE = "min_distance"  # optional: files written before it mean the default
+META_COMMITTEE_SIZE = "committee_size"  # optional: absent in single-model files (committee.py)
 
 META_KEYS = (
     META_FORMAT, META_FORMAT_VERSION, META_PACKAGE_VERSION, META_CUTOFF, META_NUM_LAYERS,
     META_INTERACTION_RANGE, META_SPECIES_SYMBOLS, META_ATOMIC_NUMBERS, META_LENGTH_UNIT,
     META_ENERGY_UNIT, META_DTYPE, META_DEVICE, META_ENERGY_OFFSET, META_HYPERPARAMETERS,
-    META_MIN_DISTANCE,
+    META_MIN_DISTANCE, META_COMMITTEE_SIZE,
 )
+OPTIONAL_META_KEYS = (META_MIN_DISTANCE, META_COMMITTEE_SIZE)
 
 # closest approach of two atoms a model is meant for, when its file does not say: engines
 # warn (once per run) below it, since the model has no repulsion built in
@@ -114,7 +116,7 @@ def metadata_files(metadata: Dict[str, object]) -> Dict[str, str]:
         else:
             text = str(value)
         files[key] = text
-    missing = [k for k in META_KEYS if k not in files and k != META_MIN_DISTANCE]
+    missing = [k for k in META_KEYS if k not in files and k not in OPTIONAL_META_KEYS]
     if missing:
         raise ValueError(f"metadata is missing {', '.join(missing)}")
     return files
@@ -213,6 +215,8 @@ def read_metadata(path: str) -> Dict[str, str]:
             ) from None
         files = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
         kind = "a TorchScript file"
+    if not files.get(META_COMMITTEE_SIZE):  # a single model: the entry is simply absent
+        files.pop(META_COMMITTEE_SIZE, None)
     if files[META_FORMAT] != FORMAT:
         raise ValueError(
             f"{path} is {kind} but not an exported Equiformer model (no '{META_FORMAT}' metadata); "
