@@ -19,7 +19,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <mpi.h>
+#include <utility>
 
 using namespace LAMMPS_NS;
 
@@ -45,7 +47,8 @@ PairEquiformer::PairEquiformer(LAMMPS *lmp) :
     Pair(lmp), device_request("auto"), mode_request(MODE_AUTO), mode(MODE_AUTO), cutoff_lmp(0.0),
     range_lmp(0.0), length_to_model(1.0), energy_to_lmp(1.0), offset_lmp(0.0), logged(false), warned_close(false),
     n_local_nodes(0), result(new equiformer::Result), fold_vatom(0), comm_width(0), comm_what(COMM_FOLD),
-    max_width(0), traffic_reported(false)
+    max_width(0), traffic_reported(false), deviation(false), devi_every(1), devi_atomic(false), devi_append(false),
+    devi_fp(nullptr), devi_opened(false), devi_last_step(-1), devi{}
 {
   single_enable = 0;
   restartinfo = 0;
@@ -56,6 +59,9 @@ PairEquiformer::PairEquiformer(LAMMPS *lmp) :
   unit_convert_flag = 0;
   comm_reverse = 9;    // newton off, ghost mode: 3 force + 6 virial components per ghost
   comm_forward = 0;    // layer mode: set in init_style to the widest node feature
+  // always valid: a compute pair created while the deviation keyword was on reads zeros after
+  // pair_style is re-issued without it
+  pvector = devi;
 }
 
 namespace {
@@ -74,6 +80,7 @@ class Exchange : public equiformer::LayerExchange {
 
 PairEquiformer::~PairEquiformer()
 {
+  if (devi_fp) fclose(devi_fp);
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -97,17 +104,43 @@ void PairEquiformer::allocate()
 
 /* ----------------------------------------------------------------------
    pair_style equiformer [device cpu|cuda|auto] [mode auto|map|ghost|layer]
+                         [deviation [every N file FILE] [atomic yes|no] [append yes|no]]
 ------------------------------------------------------------------------- */
+
+namespace {
+constexpr const char *kSyntax = "pair_style equiformer [device cpu|cuda|auto] [mode auto|map|ghost|layer] "
+                                "[deviation [every N file FILE] [atomic yes|no] [append yes|no]]";
+}    // namespace
 
 void PairEquiformer::settings(int narg, char **arg)
 {
+  // a repeated pair_style command starts from the defaults of the deviation output (and a new file)
+  deviation = false;
+  devi_every = 1;
+  devi_file.clear();
+  devi_atomic = devi_append = false;
+  bool every_given = false;
+  if (devi_fp) fclose(devi_fp);
+  devi_fp = nullptr;
+  devi_opened = false;
+  devi_last_step = -1;
+  logged = false;    // the next init logs the new settings
+
   int iarg = 0;
   while (iarg < narg) {
     std::string key = arg[iarg];
+    if (key == "deviation") {    // a flag, followed by its own keywords
+      deviation = true;
+      iarg++;
+      continue;
+    }
     if (iarg + 1 >= narg)
-      error->all(FLERR, "pair_style equiformer: keyword {} needs a value; syntax: pair_style equiformer "
-                 "[device cpu|cuda|auto] [mode auto|map|ghost|layer]", key);
+      error->all(FLERR, "pair_style equiformer: keyword {} needs a value; syntax: {}", key, kSyntax);
     std::string value = arg[iarg + 1];
+    const bool devi_key = key == "every" || key == "file" || key == "atomic" || key == "append";
+    if (devi_key && !deviation)
+      error->all(FLERR, "pair_style equiformer: keyword {} belongs to the deviation output and must follow the "
+                 "keyword deviation; syntax: {}", key, kSyntax);
     if (key == "device") {
       if (value != "cpu" && value != "cuda" && value != "auto")
         error->all(FLERR, "pair_style equiformer: device must be cpu, cuda or auto, not {}", value);
@@ -119,12 +152,32 @@ void PairEquiformer::settings(int narg, char **arg)
       else if (value == "layer") mode_request = MODE_LAYER;
       else
         error->all(FLERR, "pair_style equiformer: mode must be auto, map, ghost or layer, not {}", value);
+    } else if (key == "every") {
+      devi_every = utils::bnumeric(FLERR, value, false, lmp);
+      if (devi_every < 1)
+        error->all(FLERR, "pair_style equiformer: deviation every N needs N >= 1 (steps between lines), not {}",
+                   value);
+      every_given = true;
+    } else if (key == "file") {
+      devi_file = value;
+    } else if (key == "atomic") {
+      devi_atomic = utils::logical(FLERR, value, false, lmp) != 0;
+    } else if (key == "append") {
+      devi_append = utils::logical(FLERR, value, false, lmp) != 0;
     } else {
-      error->all(FLERR, "pair_style equiformer: unknown keyword {}; syntax: pair_style equiformer "
-                 "[device cpu|cuda|auto] [mode auto|map|ghost|layer]", key);
+      error->all(FLERR, "pair_style equiformer: unknown keyword {}; syntax: {}", key, kSyntax);
     }
     iarg += 2;
   }
+  // without a file the deviations are only computed (compute pair, fix pair): the file's
+  // options would silently do nothing
+  if (devi_file.empty() && (every_given || devi_atomic || devi_append))
+    error->all(FLERR, "pair_style equiformer: deviation every/atomic/append need file FILE (without a file the "
+               "deviations are only available to compute pair and fix pair); syntax: {}", kSyntax);
+
+  // compute pair reads nextra when it is created: the 7 DP-GEN columns, see compute_deviation()
+  nextra = deviation ? 7 : 0;
+  std::fill(devi, devi + 7, 0.0);
 }
 
 /* ----------------------------------------------------------------------
@@ -219,6 +272,7 @@ void PairEquiformer::coeff(int narg, char **arg)
   }
   stop_together(failure);
   check_same_model();
+  check_deviation_model();
 
   type2species.assign(ntypes + 1, -1);
   type2symbol.assign(ntypes + 1, "NULL");
@@ -252,11 +306,25 @@ void PairEquiformer::coeff(int narg, char **arg)
   logged = false;
 }
 
+/* ----------------------------------------------------------------------
+   the deviation keyword needs a committee file; every rank loaded the same file
+   (check_same_model), so every rank stops here together
+------------------------------------------------------------------------- */
+
+void PairEquiformer::check_deviation_model()
+{
+  if (deviation && model->committee_size() < 2)
+    error->all(FLERR, "pair_style equiformer deviation needs a committee file (several models in one file, "
+               "metadata committee_size > 1); {} is a single model: export the members into one file with "
+               "equiformer-export a.pt b.pt ... committee.pt, or drop the deviation keyword", model_file);
+}
+
 /* ---------------------------------------------------------------------- */
 
 void PairEquiformer::init_style()
 {
   if (!model) error->all(FLERR, "pair equiformer: no model loaded; add pair_coeff * * MODEL.pt SYMBOL ...");
+  check_deviation_model();    // pair_style may have been re-issued after pair_coeff
   warned_close = false;  // the close-atoms warning: once per run
   if (atom->tag_enable == 0) error->all(FLERR, "pair equiformer needs atom IDs (atom_modify id yes)");
 
@@ -283,16 +351,21 @@ void PairEquiformer::init_style()
   // libtorch CPU threads = LAMMPS' OpenMP threads per rank (OMP_NUM_THREADS, -pk omp N)
   equiformer::Model::set_num_threads(comm->nthreads);
 
+  const int committee = model->committee_size();
   mode = mode_request;
   if (mode == MODE_AUTO) {
     if (comm->nprocs == 1)
       mode = MODE_MAP;
     else
-      mode = (model->num_layers() > 1 && model->has_layer_methods()) ? MODE_LAYER : MODE_GHOST;
+      mode = (committee == 1 && model->num_layers() > 1 && model->has_layer_methods()) ? MODE_LAYER : MODE_GHOST;
   }
   if (mode == MODE_MAP && comm->nprocs > 1)
     error->all(FLERR, "pair_style equiformer mode map works on one MPI rank only ({} ranks); use "
                "mode layer, mode ghost or mode auto", comm->nprocs);
+  if (mode == MODE_LAYER && committee > 1)
+    error->all(FLERR, "pair_style equiformer mode layer is not available for a committee ({} holds {} models and "
+               "no per-layer methods): use mode ghost or mode map (mode auto picks ghost on several ranks)",
+               model_file, committee);
   if (mode == MODE_LAYER && model->is_package())
     error->all(FLERR, "pair_style equiformer mode layer needs the per-layer methods, which a .pt2 package ({}) does "
                "not have yet: use mode ghost or map (mode auto picks ghost on several ranks), or the TorchScript "
@@ -317,6 +390,8 @@ void PairEquiformer::init_style()
     comm_forward = max_width;
     comm_reverse = std::max(9, max_width);
   }
+  // ghost mode, deviations: the members' forces on ghost atoms go back to their owners
+  if (deviation && mode == MODE_GHOST) comm_reverse = std::max(comm_reverse, 3 * committee);
   // LAMMPS sizes its reverse buffers with comm_reverse_off only under newton off, where the
   // pair style folds ghost forces (ghost and layer modes) and features (layer mode) itself
   comm_reverse_off = (mode == MODE_MAP) ? 0 : comm_reverse;
@@ -334,6 +409,7 @@ void PairEquiformer::init_style()
       comm->cutghostuser = need;
     }
   }
+  open_deviation_file();
   ghostneigh = (mode == MODE_GHOST && model->num_layers() > 1) ? 1 : 0;
   int flags = NeighConst::REQ_FULL;
   if (ghostneigh) flags |= NeighConst::REQ_GHOST;
@@ -347,7 +423,7 @@ void PairEquiformer::init_style()
                    "  species:{} | type map:{}\n"
                    "  cutoff {} {} ({:.6g} Angstrom), {} layers, interaction range {:.6g} Angstrom\n"
                    "  model units {} / {}, LAMMPS units {} (energy x {:.12g}), dtype {}, energy offset {}\n"
-                   "  device {}, {} MPI rank(s) x {} libtorch thread(s), mode {}, newton pair {}\n{}",
+                   "  device {}, {} MPI rank(s) x {} libtorch thread(s), mode {}, newton pair {}\n{}{}",
                    model_file, model->is_package() ? " (compiled .pt2 package)" : "",
                    [&] { std::string s; for (auto &x : model->species_symbols()) s += " " + x; return s; }(),
                    map, model->cutoff(), model->length_unit(), cutoff_lmp, model->num_layers(), range_lmp,
@@ -359,6 +435,16 @@ void PairEquiformer::init_style()
                      std::string w;
                      for (auto v : model->layer_feature_sizes()) w += " " + std::to_string(v);
                      return "  layer exchange: node features of" + w + " values per atom (embed, blocks)\n";
+                   }(),
+                   [&] {
+                     if (committee == 1) return std::string();
+                     std::string c = fmt::format("  committee of {} models: the mean drives the dynamics", committee);
+                     if (!deviation) return c + " (keyword deviation: the members' spread)\n";
+                     c += "; deviations every step (compute pair, fix pair force_deviation)";
+                     if (!devi_file.empty())
+                       c += fmt::format(", written to {} every {} steps{}{}", devi_file, devi_every,
+                                        devi_atomic ? " with per-atom columns" : "", devi_append ? " (appended)" : "");
+                     return c + "\n";
                    }());
     logged = true;
   }
@@ -559,6 +645,10 @@ void PairEquiformer::compute(int eflag, int vflag)
   if (mode == MODE_LAYER && !traffic_reported) report_layer_traffic(rows_moved);
   if (!warned_close) warn_close_atoms();
   apply_result(*result, eflag, vflag);
+  if (deviation) {
+    compute_deviation(*result);
+    write_deviation();
+  }
 }
 
 /* ----------------------------------------------------------------------
@@ -661,6 +751,182 @@ void PairEquiformer::apply_result(const equiformer::Result &r, int /*eflag*/, in
     comm_what = COMM_FOLD;
     comm->reverse_comm(this, 9);
   }
+}
+
+/* ----------------------------------------------------------------------
+   committee deviations (docs/lammps.md, the DP-GEN columns), from the members' forces after
+   the ghost rows are summed onto their owners, in LAMMPS units, over the atoms the model
+   covers on all ranks (population statistics over the K members):
+     sigma_F(i) = sqrt(1/K sum_k |F_k(i) - mean_k F(i)|^2): max, min, mean over atoms
+     virial: std_k W_k(ab) / N for each of the 9 components: max, min, mean over them
+     energy: std_k E_k / N
+   devi[] holds them on rank 0 and zeros elsewhere (compute pair sums pvector over ranks).
+------------------------------------------------------------------------- */
+
+void PairEquiformer::compute_deviation(const equiformer::Result &r)
+{
+  const int K = model->committee_size();
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const size_t w = 3 * static_cast<size_t>(K);
+  const size_t nnodes = atom_of.size();    // rows of the member outputs
+  const double fconv = energy_to_lmp * length_to_model, econv = energy_to_lmp;
+
+  // members' forces per LAMMPS atom; map mode has no ghost nodes (their edges act on the owners)
+  featbuf.assign(static_cast<size_t>(nall) * w, 0.0);
+  for (size_t k = 0; k < nnodes; k++) {
+    double *row = &featbuf[atom_of[k] * w];
+    for (int m = 0; m < K; m++)
+      for (int a = 0; a < 3; a++) row[3 * m + a] += r.member_forces[(m * nnodes + k) * 3 + a] * fconv;
+  }
+  if (mode == MODE_GHOST) {
+    comm_width = static_cast<int>(w);
+    comm_what = COMM_FEATURES;
+    comm->reverse_comm(this, comm_width);
+  }
+
+  if (sigma_atom.size() < static_cast<size_t>(atom->nmax)) sigma_atom.resize(atom->nmax);
+  // sums over ranks: [sigma_F sum, atoms, ranks that evaluated, K x 9 virials, K local energies,
+  // K offsets]; extremes: [max, -min]
+  std::vector<double> sums(3 + 11 * static_cast<size_t>(K), 0.0), all_sums(sums.size());
+  double *virials = &sums[3], *energies = &sums[3 + 9 * K], *offsets = &sums[3 + 10 * K];
+  double ext[2] = {0.0, -std::numeric_limits<double>::infinity()}, all_ext[2];
+  for (int i = 0; i < nlocal; i++) {
+    sigma_atom[i] = 0.0;
+    if (node_of[i] < 0) continue;    // a NULL type: not part of the model
+    const double *row = &featbuf[i * w];
+    double mean[3] = {0.0, 0.0, 0.0};
+    for (int m = 0; m < K; m++)
+      for (int a = 0; a < 3; a++) mean[a] += row[3 * m + a] / K;
+    double s = 0.0;
+    for (int m = 0; m < K; m++)
+      for (int a = 0; a < 3; a++) s += (row[3 * m + a] - mean[a]) * (row[3 * m + a] - mean[a]);
+    sigma_atom[i] = std::sqrt(s / K);
+    sums[0] += sigma_atom[i];
+    sums[1] += 1.0;
+    ext[0] = std::max(ext[0], sigma_atom[i]);
+    ext[1] = std::max(ext[1], -sigma_atom[i]);
+  }
+  // Each evaluation's member energies carry the member's offset relative to the file's
+  // (member_energies minus its local atom energies): once per rank that evaluated, but once per
+  // system in the total, so the ranks' offsets are averaged. The file's energy_offset, the same
+  // for every member, does not change their spread and is left out.
+  sums[2] = n_local_nodes > 0 ? 1.0 : 0.0;
+  for (int m = 0; m < K; m++) {
+    for (int c = 0; c < 9; c++) virials[9 * m + c] = r.member_virials[9 * m + c] * econv;
+    double local = 0.0;
+    for (int64_t k = 0; k < n_local_nodes; k++) local += r.member_atom_energies[m * nnodes + k];
+    energies[m] = local * econv;
+    if (n_local_nodes > 0) offsets[m] = (r.member_energies[m] - local) * econv;
+  }
+  MPI_Allreduce(sums.data(), all_sums.data(), static_cast<int>(sums.size()), MPI_DOUBLE, MPI_SUM, world);
+  MPI_Allreduce(ext, all_ext, 2, MPI_DOUBLE, MPI_MAX, world);
+
+  std::fill(devi, devi + 7, 0.0);
+  const double n = all_sums[1];
+  if (comm->me != 0 || n == 0.0) return;
+  // population standard deviation of K values at stride STRIDE from V
+  auto spread = [K](const double *v, int stride) {
+    double mean = 0.0, s = 0.0;
+    for (int m = 0; m < K; m++) mean += v[m * stride] / K;
+    for (int m = 0; m < K; m++) s += (v[m * stride] - mean) * (v[m * stride] - mean);
+    return std::sqrt(s / K);
+  };
+  double vmax = 0.0, vmin = std::numeric_limits<double>::infinity(), vsum = 0.0;
+  for (int c = 0; c < 9; c++) {
+    const double d = spread(&all_sums[3 + c], 9) / n;
+    vmax = std::max(vmax, d);
+    vmin = std::min(vmin, d);
+    vsum += d;
+  }
+  devi[0] = vmax;
+  devi[1] = vmin;
+  devi[2] = vsum / 9.0;
+  devi[3] = all_ext[0];
+  devi[4] = -all_ext[1];
+  devi[5] = all_sums[0] / n;
+  std::vector<double> totals(K);
+  for (int m = 0; m < K; m++) totals[m] = all_sums[3 + 9 * K + m] + all_sums[3 + 10 * K + m] / all_sums[2];
+  devi[6] = spread(totals.data(), 1) / n;
+}
+
+/* ----------------------------------------------------------------------
+   the deviation file, opened on rank 0 at the first init after pair_style: overwritten
+   (DeePMD-kit's model_devi.out behaviour) unless append yes; the header goes into an empty file
+------------------------------------------------------------------------- */
+
+void PairEquiformer::open_deviation_file()
+{
+  if (devi_file.empty() || devi_opened) return;
+  devi_opened = true;
+  std::string why;
+  if (comm->me == 0) {
+    devi_fp = fopen(devi_file.c_str(), devi_append ? "a" : "w");
+    if (!devi_fp) {
+      why = utils::getsyserror();
+    } else {
+      fseek(devi_fp, 0, SEEK_END);
+      if (ftell(devi_fp) == 0) {
+        fputs("#       step         max_devi_v         min_devi_v         avg_devi_v         max_devi_f"
+              "         min_devi_f         avg_devi_f             devi_e\n", devi_fp);
+        fflush(devi_fp);
+      }
+    }
+  }
+  int failed = why.empty() ? 0 : 1;
+  MPI_Bcast(&failed, 1, MPI_INT, 0, world);
+  if (failed)
+    error->all(FLERR, "pair_style equiformer: cannot open the deviation file {}: {}", devi_file,
+               text_of_rank(why, 0));
+}
+
+/* ----------------------------------------------------------------------
+   one line every devi_every steps (once per step: a second evaluation at the same step, as in
+   the setup of a following run or a minimizer's line search, writes nothing): the step, the 7
+   columns, with atomic yes sigma_F of every atom in atom-ID order (0 for NULL types)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::write_deviation()
+{
+  const bigint step = update->ntimestep;
+  if (!devi_opened || step % devi_every != 0 || step == devi_last_step) return;
+  devi_last_step = step;
+
+  std::vector<std::pair<tagint, double>> atoms;
+  if (devi_atomic) {
+    const int nlocal = atom->nlocal;
+    std::vector<tagint> tags(atom->tag, atom->tag + nlocal);
+    std::vector<int> counts(comm->nprocs), offsets(comm->nprocs, 0);
+    MPI_Gather(&nlocal, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, world);
+    for (int p = 1; p < comm->nprocs; p++) offsets[p] = offsets[p - 1] + counts[p - 1];
+    const int total = comm->me == 0 ? offsets.back() + counts.back() : 0;
+    std::vector<tagint> all_tags(total);
+    std::vector<double> all_sigma(total);
+    MPI_Gatherv(tags.data(), nlocal, MPI_LMP_TAGINT, all_tags.data(), counts.data(), offsets.data(), MPI_LMP_TAGINT,
+                0, world);
+    MPI_Gatherv(sigma_atom.data(), nlocal, MPI_DOUBLE, all_sigma.data(), counts.data(), offsets.data(), MPI_DOUBLE,
+                0, world);
+    for (int k = 0; k < total; k++) atoms.emplace_back(all_tags[k], all_sigma[k]);
+    std::sort(atoms.begin(), atoms.end());
+  }
+  if (comm->me != 0) return;
+  std::string line = fmt::format("{:>12}", step);
+  for (double v : devi) line += fmt::format("{:19.6e}", v);
+  for (const auto &a : atoms) line += fmt::format("{:19.6e}", a.second);
+  line += "\n";
+  fputs(line.c_str(), devi_fp);
+  fflush(devi_fp);
+}
+
+/* ----------------------------------------------------------------------
+   fix pair ID all pair N equiformer force_deviation 0: sigma_F per local atom (a vector)
+------------------------------------------------------------------------- */
+
+void *PairEquiformer::extract_peratom(const char *name, int &ncol)
+{
+  if (!deviation || strcmp(name, "force_deviation") != 0) return nullptr;
+  ncol = 0;
+  return sigma_atom.empty() ? nullptr : sigma_atom.data();
 }
 
 /* ----------------------------------------------------------------------
@@ -781,6 +1047,6 @@ double PairEquiformer::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += sizeof(int) * (node_of.capacity() + atom_of.capacity() + tag2local.capacity());
   bytes += sizeof(int64_t) * (species.capacity() + src.capacity() + dst.capacity());
-  bytes += sizeof(double) * (vec.capacity() + ghostbuf.capacity() + featbuf.capacity());
+  bytes += sizeof(double) * (vec.capacity() + ghostbuf.capacity() + featbuf.capacity() + sigma_atom.capacity());
   return bytes;
 }

@@ -17,6 +17,7 @@ PairStyle(equiformer,PairEquiformer);
 #include "pair.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,6 +45,8 @@ class PairEquiformer : public Pair {
   int pack_reverse_comm(int, int, double *) override;
   void unpack_reverse_comm(int, int *, double *) override;
   double memory_usage() override;
+  // "force_deviation" (committee with the deviation keyword): sigma_F per local atom, for fix pair
+  void *extract_peratom(const char *, int &) override;
 
   // how the graph is built across MPI ranks (see docs/lammps.md)
   enum Mode { MODE_AUTO, MODE_MAP, MODE_GHOST, MODE_LAYER };
@@ -68,6 +71,10 @@ class PairEquiformer : public Pair {
   void report_layer_traffic(int64_t rows_moved);
   tagint add_local_nodes();
   void apply_result(const equiformer::Result &, int eflag, int vflag);
+  void check_deviation_model();
+  void compute_deviation(const equiformer::Result &);
+  void open_deviation_file();
+  void write_deviation();
 
   std::unique_ptr<equiformer::Model> model;
   std::string model_file;
@@ -99,16 +106,30 @@ class PairEquiformer : public Pair {
   std::vector<double> ghostbuf;
   int fold_vatom;
 
-  // layer mode: per LAMMPS atom, comm_width values (node features or their gradients)
+  // per LAMMPS atom, comm_width values: node features or their gradients (layer mode), or the
+  // K x 3 member forces of a committee (deviation keyword, ghost mode)
   std::vector<double> featbuf;
-  int comm_width;      // values per atom of the current feature exchange
-  int comm_what;       // what pack/unpack_reverse_comm move: COMM_FOLD or COMM_FEATURES
+  int comm_width;      // values per atom of the current exchange
+  int comm_what;       // what pack/unpack_reverse_comm move: COMM_FOLD or COMM_FEATURES (featbuf rows)
   int max_width;       // widest node feature of the model (comm_forward)
   // layer mode: the local nodes that another rank holds as a ghost node, found every step
   // while the edges are built (boundary_flag per local node, boundary_nodes in order)
   std::vector<char> boundary_flag;
   std::vector<int64_t> boundary_nodes;
   bool traffic_reported;    // the first step's exchange traffic was logged (once per run)
+
+  // committee deviations (keyword deviation, docs/lammps.md), computed every step from the
+  // members' forces summed onto their owners; the DP-GEN columns in devi[] (pvector on rank 0)
+  bool deviation;           // keyword given
+  bigint devi_every;        // file line every this many steps
+  std::string devi_file;    // "" : no file (compute pair / fix pair only)
+  bool devi_atomic;         // file: sigma_F of every atom (in atom-ID order) after the columns
+  bool devi_append;         // file: append to an existing file instead of overwriting it
+  FILE *devi_fp;            // rank 0
+  bool devi_opened;         // the file was opened (known on every rank)
+  bigint devi_last_step;    // the step of the last file line (one line per step)
+  double devi[7];           // max/min/avg virial, max/min/avg force, energy deviation
+  std::vector<double> sigma_atom;    // per local atom: sigma_F (0 for atoms the model does not cover)
   enum { COMM_FOLD, COMM_FEATURES };
 };
 

@@ -36,7 +36,8 @@ const char *const kMetaKeys[] = {"format",        "format_version", "package_ver
                                  "cutoff",        "num_layers",     "interaction_range",
                                  "species_symbols", "atomic_numbers", "length_unit",
                                  "energy_unit",   "dtype",          "device",
-                                 "energy_offset", "hyperparameters", "min_distance"};
+                                 "energy_offset", "hyperparameters", "min_distance",
+                                 "committee_size"};
 
 // closest approach the model is meant for when the file does not say (docs/model-format.md)
 constexpr double kDefaultMinDistanceAngstrom = 0.5;
@@ -338,6 +339,7 @@ struct Model::Impl {
   std::unordered_map<std::string, std::string> meta;
   double cutoff = 0.0, interaction_range = 0.0, energy_offset = 0.0, min_distance = 0.0;
   int num_layers = 1;
+  int committee_size = 1;  // members of a committee file (metadata committee_size, absent: 1)
   std::vector<std::string> symbols;
   std::vector<int> numbers;
   std::string length_unit, energy_unit, dtype_name;
@@ -481,6 +483,10 @@ void Model::Impl::read_metadata(const std::string &kind, const char *how_to_expo
                             ? m.cutoff * (m.num_layers + 2)
                             : parse_double(path, "interaction_range", m.meta["interaction_range"]);
   m.energy_offset = m.meta["energy_offset"].empty() ? 0.0 : parse_double(path, "energy_offset", m.meta["energy_offset"]);
+  m.committee_size = m.meta["committee_size"].empty()
+                         ? 1
+                         : static_cast<int>(parse_int(path, "committee_size", m.meta["committee_size"]));
+  if (m.committee_size < 1) throw Error("'" + path + "': metadata committee_size must be at least 1");
   m.symbols = split(m.meta["species_symbols"]);
   for (const auto &z : split(m.meta["atomic_numbers"]))
     m.numbers.push_back(static_cast<int>(parse_int(path, "atomic_numbers", z)));
@@ -518,6 +524,11 @@ void Model::Impl::load_package(const std::string &meta_entry, const std::string 
   for (auto &kv : raw) meta[kv.first] = trim(kv.second);
   package = true;
   read_metadata("a .pt2 package", kHowToExportPackage);
+  // the package's compiled function returns one model's energies and edge gradient only
+  if (committee_size > 1)
+    throw Error("'" + path + "' is a .pt2 package of a committee of " + std::to_string(committee_size) +
+                " models: committees as compiled packages are not available yet; use the committee's TorchScript "
+                ".pt file");
   if (meta["container"] != "aoti")
     throw Error("'" + path + "' is a .pt2 archive but not an exported Equiformer model (container '" +
                 meta["container"] + "', expected 'aoti'); " + kHowToExportPackage);
@@ -577,6 +588,7 @@ double Model::min_distance() const { return impl_->min_distance; }
 const std::string &Model::device() const { return impl_->device_name; }
 bool Model::has_layer_methods() const { return impl_->layer_methods; }
 bool Model::is_package() const { return impl_->package; }
+int Model::committee_size() const { return impl_->committee_size; }
 uint64_t Model::fingerprint() const { return impl_->fingerprint; }
 
 std::string Model::metadata(const std::string &key) const
@@ -609,6 +621,10 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
 {
   const Impl &m = *impl_;
   if (!m.feature_sizes.empty()) return m.feature_sizes;
+  if (m.committee_size > 1)
+    throw Error("'" + m.path + "' is a committee of " + std::to_string(m.committee_size) + " models, which has no "
+                "per-layer methods (docs/model-format.md): evaluate it whole with compute() (LAMMPS: mode ghost or "
+                "mode map)");
   if (m.package)
     throw Error("'" + m.path + "' is a compiled .pt2 package, which has no per-layer methods (docs/model-format.md) "
                 "for per-layer exchange yet; use the TorchScript .pt file (or another mode)");
@@ -1058,6 +1074,11 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
   out.virial.fill(0.0);
   out.atom_virial.assign(want_atom_virial ? 9 * n_atoms : 0, 0.0);
   out.min_distance = shortest_edge(n_edges, edge_vectors);
+  const int64_t K = m.committee_size > 1 ? m.committee_size : 0;  // no member outputs for a single model
+  out.member_energies.assign(K, 0.0);
+  out.member_atom_energies.assign(K * n_atoms, 0.0);
+  out.member_forces.assign(K * 3 * n_atoms, 0.0);
+  out.member_virials.assign(K * 9, 0.0);
   // No local atom: the local energy is an empty sum, all its derivatives vanish.
   if (n_local == 0) return;
   if (m.package) {
@@ -1097,6 +1118,20 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
       torch::Tensor av = fetch("atom_virial");
       if (av.numel() != 9 * n_atoms) throw Error("the model returned atom_virial of an unexpected shape");
       std::copy(av.data_ptr<double>(), av.data_ptr<double>() + 9 * n_atoms, out.atom_virial.begin());
+    }
+    if (K > 0) {
+      auto member = [&](const char *key, int64_t per_member, std::vector<double> &dest) {
+        torch::Tensor t = fetch(key);
+        if (t.numel() != K * per_member)
+          throw Error(std::string("the committee returned '") + key + "' of an unexpected shape (" +
+                      std::to_string(t.numel()) + " values, expected " + std::to_string(K) + " members x " +
+                      std::to_string(per_member) + ")");
+        std::copy(t.data_ptr<double>(), t.data_ptr<double>() + K * per_member, dest.begin());
+      };
+      member("member_energies", 1, out.member_energies);
+      member("member_atom_energies", n_atoms, out.member_atom_energies);
+      member("member_forces", 3 * n_atoms, out.member_forces);
+      member("member_virials", 9, out.member_virials);
     }
   } catch (const Error &) {
     throw;

@@ -1,7 +1,8 @@
 """Test inputs for the C++ runtime tests (run by CTest as a fixture).
 
 Writes into OUTDIR: analytic pair models (tests/analytic_models.py), files that must be
-refused, and `graphs.txt`: graphs with their closed-form reference answers.
+refused, `graphs.txt`: graphs with their closed-form reference answers, and `committee.txt`:
+the members of the analytic committee on the first (periodic) graph.
 """
 
 import os
@@ -12,7 +13,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from analytic_models import SYMBOLS, pair_reference, write_pair_model  # noqa: E402
+from analytic_models import (SYMBOLS, committee_reference, pair_reference, write_pair_committee,  # noqa: E402
+                             write_pair_model)
 from damaged_files import flip_bit  # noqa: E402
 
 
@@ -45,6 +47,9 @@ def write_case(out, name, symbols, src, dst, vec, n_local, ref):
     virial = ref["virial"] if n_local == len(species) else np.full((3, 3), np.nan)
     out.write(" ".join(repr(float(v)) for v in np.ravel(forces)) + "\n")
     out.write(" ".join(repr(float(v)) for v in np.ravel(virial)) + "\n")
+
+
+COMMITTEE_OFFSETS = (0.5, 1.0, 3.0)
 
 
 def main(outdir):
@@ -85,6 +90,15 @@ def main(outdir):
     with open(os.path.join(outdir, "garbage.pt"), "wb") as f:
         f.write(os.urandom(4096))
 
+    # a committee of three pair members with their own energy offsets; a committee_size the
+    # file's forward does not honour (no member outputs), and an impossible one
+    write_pair_committee(os.path.join(outdir, "committee.pt"), 3, energy_offsets=COMMITTEE_OFFSETS)
+    extra["cutoff"] = "3.0"
+    extra["committee_size"] = "2"
+    torch.jit.save(module, os.path.join(outdir, "committee_without_members.pt"), _extra_files=extra)
+    extra["committee_size"] = "0"
+    torch.jit.save(module, os.path.join(outdir, "committee_of_none.pt"), _extra_files=extra)
+
     rng = np.random.default_rng(7)
     with open(os.path.join(outdir, "graphs.txt"), "w") as out:
         # periodic triclinic, multi-species, small cell (atoms see their own images)
@@ -93,6 +107,13 @@ def main(outdir):
         pos = rng.uniform(0, 1, (len(symbols), 3)) @ cell
         src, dst, vec = periodic_graph(symbols, pos, cell, 3.0)
         write_case(out, "periodic", symbols, src, dst, vec, len(symbols), pair_reference(symbols, pos, cell, 3.0))
+        # the committee's members on the same graph: K N, then their total energies [K], per-atom
+        # energies [K N], forces [K N 3] and virials [K 9]
+        ref = committee_reference(symbols, pos, cell, 3.0, 3, COMMITTEE_OFFSETS)
+        with open(os.path.join(outdir, "committee.txt"), "w") as members:
+            members.write(f"3 {len(symbols)}\n")
+            for key in ("member_energies", "member_atom_energies", "member_forces", "member_virials"):
+                members.write(" ".join(repr(float(v)) for v in np.ravel(ref[key])) + "\n")
         # molecule, no cell; the last three atoms are "ghosts" (n_local = 5): energy of the first five
         symbols = ["C", "O", "H", "H", "Cu", "H", "C", "O"]
         pos = rng.uniform(0, 3.5, (len(symbols), 3))

@@ -228,6 +228,74 @@ void check_boundary_rows(const equiformer::Model &model, const Case &c)
   check(worst > 1e-6, tag + ": a missing boundary row changes the result");
 }
 
+// The analytic pair committee (tests/analytic_models.py: write_pair_committee) on the periodic
+// graph: every member output equals its closed form, the usual outputs are their means.
+void check_committee(const std::string &dir, const Case &c, const equiformer::Model &single)
+{
+  equiformer::Model m(dir + "/committee.pt", "cpu");
+  check(m.committee_size() == 3 && single.committee_size() == 1, "committee_size: 3 members; a single model 1");
+  check_close(m.energy_offset(), (0.5 + 1.0 + 3.0) / 3.0, 1e-15, "committee energy offset: the members' mean");
+  check(!m.has_layer_methods(), "a committee exports no layer methods");
+
+  std::ifstream in(dir + "/committee.txt");
+  long K = 0, n = 0;
+  {
+    std::string line;
+    std::getline(in, line);
+    std::istringstream(line) >> K >> n;
+  }
+  check(K == 3 && n == c.n, "committee.txt: 3 members of the periodic case");
+  const std::vector<double> energies = read_line<double>(in, K), atom_energies = read_line<double>(in, K * n),
+                            forces = read_line<double>(in, K * n * 3), virials = read_line<double>(in, K * 9);
+
+  equiformer::Result r = m.compute(c.species, c.src, c.dst, c.vec, c.n_local, true);
+  check(r.member_energies.size() == 3 && r.member_atom_energies.size() == 3 * static_cast<size_t>(n) &&
+            r.member_forces.size() == 9 * static_cast<size_t>(n) && r.member_virials.size() == 27,
+        "committee: member outputs of K x the usual sizes");
+  for (long k = 0; k < K; ++k) {
+    const std::string tag = "committee member " + std::to_string(k);
+    check_close(r.member_energies[k] + m.energy_offset(), energies[k], 1e-12, tag + " total energy");
+    for (long i = 0; i < n; ++i)
+      check_close(r.member_atom_energies[k * n + i], atom_energies[k * n + i], 1e-12, tag + " atom energy");
+    for (long q = 0; q < 3 * n; ++q) check_close(r.member_forces[k * 3 * n + q], forces[k * 3 * n + q], 1e-12, tag + " forces");
+    for (int q = 0; q < 9; ++q) check_close(r.member_virials[9 * k + q], virials[9 * k + q], 1e-12, tag + " virial");
+  }
+  auto mean = [&](const std::vector<double> &v, long per, long q) {
+    double s = 0.0;
+    for (long k = 0; k < K; ++k) s += v[k * per + q];
+    return s / static_cast<double>(K);
+  };
+  check_close(r.energy + m.energy_offset(), mean(energies, 1, 0), 1e-12, "committee energy: the members' mean");
+  for (long q = 0; q < 3 * n; ++q) check_close(r.forces[q], mean(forces, 3 * n, q), 1e-12, "committee forces: mean");
+  for (int q = 0; q < 9; ++q) check_close(r.virial[q], mean(virials, 9, q), 1e-12, "committee virial: mean");
+
+  // a rank without local atoms: zero members of the right sizes
+  equiformer::Result r0 = m.compute(c.species, c.src, c.dst, c.vec, 0, false);
+  bool zero = r0.member_energies.size() == 3 && r0.member_forces.size() == 9 * static_cast<size_t>(n) &&
+              r0.member_atom_energies.size() == 3 * static_cast<size_t>(n) && r0.member_virials.size() == 27;
+  for (double v : r0.member_forces) zero = zero && v == 0.0;
+  check(zero, "committee, n_local = 0: zero member outputs of the right sizes");
+  // a single model: no member outputs
+  equiformer::Result r1 = single.compute(c.species, c.src, c.dst, c.vec, c.n_local, false);
+  check(r1.member_energies.empty() && r1.member_forces.empty() && r1.member_virials.empty() &&
+            r1.member_atom_energies.empty(),
+        "a single model gives no member outputs");
+
+  // no per-layer protocol for a committee
+  check_throws([&] { m.layer_feature_sizes(); }, "committee of 3 models", "layer sizes of a committee");
+  CountingExchange ex;
+  check_throws([&] {
+    m.compute_layered(c.n, c.species.data(), c.e, c.src.data(), c.dst.data(), c.vec.data(), c.n, false, ex, r);
+  }, "mode ghost or mode map", "per-layer evaluation of a committee");
+  // committee_size the forward does not honour, and an impossible one
+  equiformer::Model liar(dir + "/committee_without_members.pt", "cpu");
+  check(liar.committee_size() == 2, "committee_size read from the metadata");
+  check_throws([&] { liar.compute(c.species, c.src, c.dst, c.vec, c.n_local); }, "lacks 'member_energies'",
+               "a committee file without member outputs");
+  check_throws([&] { equiformer::Model(dir + "/committee_of_none.pt"); }, "committee_size must be at least 1",
+               "committee_size 0");
+}
+
 }  // namespace
 
 int main(int argc, char **argv)
@@ -369,6 +437,8 @@ int main(int argc, char **argv)
     check_throws([&] { m64.compute({0, 1}, {0}, {2}, {1.0, 0.0, 0.0}, 2); }, "outside", "edge to a missing atom");
     check_throws([&] { m64.compute({0, 1}, {0}, {1}, {1.0, 0.0}, 2); }, "inconsistent", "short edge_vectors");
     check_throws([&] { m64.compute({0, 1}, {0}, {1}, {1.0, 0.0, 0.0}, 3); }, "n_local", "n_local too large");
+
+    check_committee(dir, cases[0], m64);
 
     // the model keeps working after errors and can be moved
     equiformer::Model moved = std::move(m64);

@@ -30,6 +30,13 @@ struct Result {
   std::array<double, 9> virial{};      // row-major 3x3, LAMMPS sign (sum r (x) f)
   std::vector<double> atom_virial;     // [N*9] row-major, empty unless asked for
   double min_distance = 0.0;           // shortest edge given (model length unit; inf: none)
+  // A committee (Model::committee_size() K > 1): the members' own outputs, whose means are the
+  // fields above; empty for a single model. Each member's energy of the local atoms plus its
+  // offset relative to Model::energy_offset() (adding that gives the member's total).
+  std::vector<double> member_energies;       // [K]
+  std::vector<double> member_atom_energies;  // [K*N]
+  std::vector<double> member_forces;         // [K*N*3], ghosts included (before any ghost summation)
+  std::vector<double> member_virials;        // [K*9] row-major, LAMMPS sign
 };
 
 // Communication between the layers of a per-layer evaluation (Model::compute_layered).
@@ -91,6 +98,10 @@ class Model {
   double min_distance() const;
   const std::string &device() const;      // the device actually used, e.g. "cpu", "cuda:0"
   bool has_layer_methods() const;         // exports the per-layer methods (either protocol of the format doc)
+  // Members of a committee file (metadata committee_size; 1: a single model). A committee's
+  // forward gives the members' mean and their own outputs (Result::member_*), and it has no
+  // per-layer methods: compute_layered() and layer_feature_sizes() refuse it.
+  int committee_size() const;
   // A compiled AOTInductor package (.pt2) rather than a TorchScript file: evaluated in one
   // pass by compute(); no per-layer methods yet.
   bool is_package() const;
