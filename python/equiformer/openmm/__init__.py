@@ -7,6 +7,8 @@
 - `create_native_force(model, topology, atoms=None, ...)`: the C++ plugin's `EquiformerForce`
   (cell list and model in C++, docs/openmm-plugin.md).
 - `load_torch_force(path)`: a TorchForce from a module saved with `save_path=`.
+- `DeviationReporter(file, N, halt_above=None)`: a committee file's model deviation every N
+  steps, for any of these routes (`ModelDeviationError` above the threshold).
 - openmm-ml: ``MLPotential("equiformer", modelPath="MODEL.pt", implementation=...)`` (entry
   point ``openmmml.potentials``, `equiformer.openmm.mlpotential`).
 
@@ -33,6 +35,8 @@ _EXPORTS = {
     "EquiformerForce": "equiformer.openmm.native",
     "create_native_force": "equiformer.openmm.native",
     "load_plugin": "equiformer.openmm.native",
+    "DeviationReporter": "equiformer.openmm.deviation",
+    "ModelDeviationError": "equiformer.openmm.deviation",
     "prepare": "equiformer.openmm.common",
     "ModelSetup": "equiformer.openmm.common",
     "check_box": "equiformer.openmm.common",

@@ -64,6 +64,11 @@ class ModelSetup:
         return self.info.cutoff / self.nm_to_model
 
     @property
+    def committee_size(self) -> int:
+        """Members in the file (1: a single model)."""
+        return self.info.committee_size
+
+    @property
     def num_ml_atoms(self) -> int:
         return len(self.species)
 

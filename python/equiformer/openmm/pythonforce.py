@@ -9,9 +9,14 @@ only their positions.
 The computation is a picklable object holding the model *path* (the network is loaded
 lazily in each process), so a System with this force survives `XmlSerializer` as long as
 the model file stays where it was.
+
+With a committee file the computation also keeps its last call's member outputs (and the
+positions they belong to), which `equiformer.openmm.deviation.DeviationReporter` uses instead
+of evaluating the committee again when the positions match.
 """
 
 import os
+import weakref
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,6 +25,13 @@ from equiformer.data.neighbors import check_box, neighbor_list
 from equiformer.export.contract import REEXPORT, open_engine_model, warn_close_atoms
 from equiformer.files import check_archive
 from equiformer.openmm.common import ModelSetup, prepare
+
+#: the outputs a committee file returns besides the mean (docs/model-format.md)
+MEMBER_KEYS = ("member_energies", "member_forces", "member_virials")
+# every computation alive in this process: OpenMM calls the object the force was made with,
+# while the System only hands out a pickled copy, so the deviation reporter finds the live
+# one (and its last member outputs) here
+_LIVE = weakref.WeakSet()
 
 
 class EquiformerComputation:
@@ -33,6 +45,9 @@ class EquiformerComputation:
         self._model = None
         self._species = None
         self._warned_close = False
+        # (positions nm, box nm or None, {MEMBER_KEYS: numpy}) of the last call, committees only
+        self.last_members = None
+        _LIVE.add(self)
 
     def __getstate__(self):
         return {"setup": self.setup, "device": self.device, "num_threads": self.num_threads}
@@ -67,8 +82,8 @@ class EquiformerComputation:
         edge_index, shifts, _ = neighbor_list(points, s.info.cutoff, box, s.periodic)
         return edge_index, points[edge_index[0]] - points[edge_index[1]] + shifts
 
-    def compute_numpy(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray] = None):
-        """(energy kJ/mol, forces kJ/mol/nm) for the ML atoms, from plain arrays in nm."""
+    def evaluate(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray] = None):
+        """The model's output dictionary (torch, model units) for the ML atoms, from arrays in nm."""
         import torch
         if self._model is None:
             self._load()
@@ -79,7 +94,17 @@ class EquiformerComputation:
             self._warned_close = warn_close_atoms(closest / s.nm_to_model, s.info.min_distance / s.nm_to_model, "nm")
         ei = torch.from_numpy(edge_index).to(self._device)
         ev = torch.from_numpy(np.ascontiguousarray(vectors)).to(device=self._device, dtype=s.torch_dtype)
-        out = self._model(self._species, ei, ev, s.num_ml_atoms)
+        return self._model(self._species, ei, ev, s.num_ml_atoms)
+
+    def compute_numpy(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray] = None):
+        """(energy kJ/mol, forces kJ/mol/nm) for the ML atoms, from plain arrays in nm."""
+        import torch
+        s = self.setup
+        out = self.evaluate(positions_nm, box_nm)
+        if s.committee_size > 1:
+            self.last_members = (np.array(positions_nm, dtype=np.float64),
+                                 None if box_nm is None else np.array(box_nm, dtype=np.float64),
+                                 {key: out[key].detach().to("cpu", torch.float64).numpy() for key in MEMBER_KEYS})
         energy = (float(out["energy"]) + s.info.energy_offset) * s.energy_to_kj
         forces = out["forces"].detach().to("cpu", torch.float64).numpy() * s.force_to_kj_nm
         return energy, forces

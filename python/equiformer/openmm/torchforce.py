@@ -41,6 +41,8 @@ class EquiformerOpenMMModule(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, setup: ModelSetup, all_pairs_max_atoms: int = 256):
         super().__init__()
         self.model = model
+        # where the model was read from: the deviation reporter evaluates a committee from it
+        self.model_path = str(setup.model_path)
         self.num_particles = int(setup.num_particles)
         self.num_ml = int(setup.num_ml_atoms)
         self.subset = setup.atoms is not None
