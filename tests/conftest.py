@@ -50,20 +50,46 @@ def compiled_pair(tmp_path_factory):
     {"pt": TorchScript file, "pt2": compiled AOTInductor package}. Compiling takes a minute or
     two, so the whole suite shares this one package, and it is kept in build/test-cache keyed
     on everything it depends on (_compiled_pair_key); EQUIFORMER_TEST_RECOMPILE=1 ignores the
-    kept copy. Each session works on its own copies."""
+    kept copy (once per run: pytest-xdist workers share the run's compilation). Each session
+    works on its own copies."""
     import shutil
 
-    from equiformer.export.torchscript import export_model
-    from equiformer.model import build_model
+    from filelock import FileLock
 
     cache_root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "test-cache")
     kept = os.path.join(cache_root, "compiled-pair-" + _compiled_pair_key())
     d = tmp_path_factory.mktemp("compiled")
     out = {"pt": str(d / "tiny.pt"), "pt2": str(d / "tiny.pt2")}
-    if os.path.isdir(kept) and os.environ.get("EQUIFORMER_TEST_RECOMPILE") != "1":
-        for key, path in out.items():
-            shutil.copy(os.path.join(kept, os.path.basename(path)), path)
-        return out
+    os.makedirs(os.path.dirname(cache_root), exist_ok=True)
+    # one session at a time (pytest-xdist workers, or two suites run at once): the first one
+    # compiles, the others wait and copy
+    with FileLock(cache_root + ".lock"):
+        if os.path.isdir(kept) and (os.environ.get("EQUIFORMER_TEST_RECOMPILE") != "1"
+                                    or os.environ.get("PYTEST_XDIST_TESTRUNUID") == _recompiled_by()):
+            for key, path in out.items():
+                shutil.copy(os.path.join(kept, os.path.basename(path)), path)
+            return out
+        _compile_pair(out, cache_root, kept)
+    return out
+
+
+def _recompiled_by() -> str:
+    """The test run (pytest-xdist's run id) that last compiled the kept package, so that
+    EQUIFORMER_TEST_RECOMPILE=1 compiles once per run, not once per worker."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build",
+                               "test-cache.run")) as f:
+            return f.read().strip() or "-"
+    except OSError:
+        return "-"
+
+
+def _compile_pair(out, cache_root: str, kept: str) -> None:
+    import shutil
+
+    from equiformer.export.torchscript import export_model
+    from equiformer.model import build_model
+
     torch.manual_seed(0)
     model = build_model({"preset": "tiny", "species": ["Cu"], "cutoff": 4.0}, dtype=torch.float64)
     export_model(model, out["pt"], "float64")
@@ -77,4 +103,42 @@ def compiled_pair(tmp_path_factory):
     for path in out.values():
         shutil.copy(path, staging)
     os.rename(staging, kept)
-    return out
+    with open(cache_root + ".run", "w") as f:
+        f.write(os.environ.get("PYTEST_XDIST_TESTRUNUID", ""))
+
+
+# ------------------------------------------------------------------------------------------
+# parallel runs (scripts/test.sh: pytest-xdist, `-n 2 --dist loadgroup`)
+#
+# A test module's module-scoped fixtures (exported models, a built wheel, TorchScript modules
+# that have paid their first-call profiling) are made once per worker that runs any of its
+# tests; so each module runs on one worker (as `--dist loadfile` would), except the LAMMPS
+# tests: they are the largest module and mostly one `lmp` run each, sharing only the session
+# fixture `models`, so they spread over the workers, in a few groups that share more.
+
+
+def _xdist_group(item) -> str:
+    path = item.nodeid.split("::", 1)[0]
+    if path.endswith("integration/test_lammps.py"):
+        name = item.originalname if hasattr(item, "originalname") else item.name
+        if name.startswith(("test_real_equiformer", "test_compiled_package")):
+            return "lammps-real"  # real_models, and the one-rank baseline runs (_REAL_RUNS)
+        if name == "test_mpi_ranks_agree":
+            return "lammps-mpi-ranks"  # the one-rank runs (_ONE_RANK_RUNS)
+        return ""
+    if path.endswith("integration/test_openmm.py"):
+        # model_case (module scope, per model): the real Equiformer's cases on their own
+        return "openmm-equiformer" if "equiformer-tiny" in item.nodeid else path
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # the controller knows --dist; the workers (which send the node ids) only this flag
+    if not (config.getoption("dist", "no") == "loadgroup" or getattr(config.option, "loadgroup", False)):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = _xdist_group(item)
+            if group:
+                item.add_marker(pytest.mark.xdist_group(group))

@@ -114,20 +114,39 @@ def calculator_reference(model_path: str, symbols, positions, cell) -> Dict[str,
 REAL_MODEL = os.environ.get("EQUIFORMER_LAMMPS_TEST_MODEL")
 
 
+_REFERENCES: Dict[tuple, Dict[str, np.ndarray]] = {}
+
+
+def _remembered(name: str, reference: Callable) -> Callable:
+    """REFERENCE, computed once per system and kept for this process: several tests (and
+    parameters) check LAMMPS against the same system's reference, and the calculator costs
+    tens of seconds of CPU each time (a fresh TorchScript module profiling its first calls).
+    Each caller gets its own copies."""
+    def remembered(symbols, positions, cell):
+        key = (name, tuple(symbols), np.asarray(positions, dtype=np.float64).tobytes(),
+               None if cell is None else np.asarray(cell, dtype=np.float64).tobytes())
+        if key not in _REFERENCES:
+            _REFERENCES[key] = reference(symbols, positions, cell)
+        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in _REFERENCES[key].items()}
+    return remembered
+
+
 def _potentials(models) -> List[Potential]:
     out = [
         Potential("analytic-pair", models["pair"], 3.0, lambda s, p, c: pair_reference(s, p, c, 3.0)),
-        Potential("analytic-mp2", models["mp"], 2.5, lambda s, p, c: mp_reference(models["mp"], s, p, c, 2.5),
-                  layered=True),
+        Potential("analytic-mp2", models["mp"], 2.5,
+                  _remembered(models["mp"], lambda s, p, c: mp_reference(models["mp"], s, p, c, 2.5)), layered=True),
         Potential("equiformer-tiny", models["equiformer"], 3.0,
-                  lambda s, p, c: calculator_reference(models["equiformer"], s, p, c), tol=1e-8, layered=True),
+                  _remembered(models["equiformer"],
+                              lambda s, p, c: calculator_reference(models["equiformer"], s, p, c)),
+                  tol=1e-8, layered=True),
     ]
     if REAL_MODEL:
         from equiformer.export.contract import read_metadata
 
         meta = read_metadata(REAL_MODEL)
         out.append(Potential("exported-model", REAL_MODEL, float(meta["cutoff"]),
-                             lambda s, p, c: exported_reference(REAL_MODEL, s, p, c),
+                             _remembered(REAL_MODEL, lambda s, p, c: exported_reference(REAL_MODEL, s, p, c)),
                              tol=1e-4 if meta["dtype"] == "float32" else 1e-8,
                              symbols=tuple(meta["species_symbols"].split()),
                              layered=int(meta["num_layers"]) > 1))
@@ -363,19 +382,28 @@ def md_input(model, types, newton="on", extra_pair="", steps=20, boundary="p p p
             + analysis(dump_every=steps) + MD + f"run {steps}\n{RESULT_CMD}\n")
 
 
+_ONE_RANK_RUNS: Dict[str, tuple] = {}
+
+
 @pytest.mark.parametrize("nprocs", [2, 4])
 def test_mpi_ranks_agree(tmp_path, potential, nprocs):
-    """Step 0 matches the reference and a 20-step NVE trajectory matches the one-rank run."""
+    """Step 0 matches the reference and a 20-step NVE trajectory matches the one-rank run
+    (the same one-rank run for every nprocs: made once per potential)."""
     system = potential.relabel(triclinic_system(n=48))
     types = list(dict.fromkeys(potential.symbols))
     tol = max(1e-8, potential.tol)
     frames = {}
     for np_ in (1, nprocs):
+        if np_ == 1 and potential.model in _ONE_RANK_RUNS:
+            frames[1] = _ONE_RANK_RUNS[potential.model]
+            continue
         d = tmp_path / f"np{np_}"
         d.mkdir()
         write_data(str(d / "data.lmp"), system, types)
         proc = run_lammps(d, md_input(potential.model, types), np_=np_)
         frames[np_] = (parse_dump(d / "out.dump"), parse_result(proc.stdout)[0], proc.stdout)
+        if np_ == 1:
+            _ONE_RANK_RUNS[potential.model] = frames[1]
     ref = potential.reference(system.symbols, system.positions, system.cell)
     step0 = frames[nprocs][0][0]
     assert np.allclose(step0[:, 5:8], ref["forces"], rtol=0, atol=tol)
@@ -519,10 +547,14 @@ def _calculator_reference(model_path: str, system: System) -> Dict[str, np.ndarr
 
     from equiformer.calculator import EquiformerCalculator
 
-    atoms = Atoms(system.symbols, positions=system.positions, cell=system.cell, pbc=True)
-    atoms.calc = EquiformerCalculator(model=model_path)
-    return {"energy": atoms.get_potential_energy(), "energies": atoms.get_potential_energies(),
-            "forces": atoms.get_forces(), "virial": -atoms.get_stress(voigt=False) * atoms.get_volume()}
+    key = ("periodic", model_path, tuple(system.symbols), system.positions.tobytes(), system.cell.tobytes())
+    if key not in _REFERENCES:  # the same cell's reference for several tests: computed once
+        atoms = Atoms(system.symbols, positions=system.positions, cell=system.cell, pbc=True)
+        atoms.calc = EquiformerCalculator(model=model_path)
+        _REFERENCES[key] = {"energy": atoms.get_potential_energy(), "energies": atoms.get_potential_energies(),
+                            "forces": atoms.get_forces(),
+                            "virial": -atoms.get_stress(voigt=False) * atoms.get_volume()}
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in _REFERENCES[key].items()}
 
 
 @pytest.fixture(scope="session")
