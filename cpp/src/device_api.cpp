@@ -2,6 +2,7 @@
 // OpenMM layout helpers, written with ATen operations only so that the same code runs on the
 // CPU (tests) and on a CUDA device (the OpenMM CUDA kernel).
 #include "device_api.h"
+#include "jit_scope.h"
 
 #include "equiformer/neighbors.h"
 
@@ -240,6 +241,7 @@ Evaluation evaluate(const Model &model, const torch::Tensor &species_in, const E
     {
       // the model differentiates itself inside forward: grad mode on whatever the caller set
       torch::AutoGradMode grad_on(true);
+      detail::LegacyExecutorScope legacy;
       result = detail::ImplAccess::module(model).forward({species, index, vec, n_local}).toGenericDict();
     }
     auto fetch = [&](const char *key) -> torch::Tensor {

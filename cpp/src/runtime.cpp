@@ -4,6 +4,7 @@
 
 #include "archive.h"
 #include "device_api.h"
+#include "jit_scope.h"
 
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -84,18 +85,13 @@ long parse_int(const std::string &path, const std::string &key, const std::strin
               "'); the file is damaged or was not written by equiformer-export");
 }
 
-// TorchScript runs on its legacy graph executor (optimisation on, no profiling): the profiling
-// executor re-optimises during the first calls and then runs these models 15-25% slower than
-// eager PyTorch (measured, torch 2.9, CPU); the legacy one matches eager. The setting is
-// process-wide (the Python side makes the same choice). EQUIFORMER_JIT_OPTIMIZE=0 turns the
-// optimisation off for debugging (libtorch 2.9 then fails on scripted forwards that call
-// methods in loops: "Expected Object but got None").
+// EQUIFORMER_JIT_OPTIMIZE=0 turns TorchScript's graph optimisation off for debugging (libtorch
+// 2.9 then fails on scripted forwards that call methods in loops: "Expected Object but got
+// None"). Which executor our calls run on: LegacyExecutorScope (jit_scope.h).
 void configure_jit_once()
 {
   static std::once_flag once;
   std::call_once(once, [] {
-    torch::jit::getExecutorMode() = false;
-    torch::jit::getProfilingMode() = false;
     const char *env = std::getenv("EQUIFORMER_JIT_OPTIMIZE");
     if (env && std::string(env) == "0") torch::jit::setGraphExecutorOptimize(false);
   });
@@ -634,6 +630,7 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
   try {
     // two atoms of the first species, half a cutoff apart
     torch::NoGradGuard no_grad;
+    detail::LegacyExecutorScope legacy;  // the methods' first calls choose their executor
     auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(m.device);
     torch::Tensor species = torch::zeros({2}, i64);
     torch::Tensor index = torch::tensor({0, 1, 1, 0}, torch::TensorOptions().dtype(torch::kInt64)).view({2, 2}).to(m.device);
@@ -991,6 +988,7 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
                             LayerExchange &exchange, Result &out) const
 {
   const Impl &m = *impl_;
+  detail::LegacyExecutorScope legacy;  // every per-layer method call below
   check_inputs("compute_layered", static_cast<int64_t>(m.symbols.size()), n_atoms, species, n_edges, src, dst, n_local);
   const std::vector<int64_t> &width = layer_feature_sizes();
   const int L = m.num_layers;
@@ -1097,6 +1095,7 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
       // The model differentiates itself (torch.autograd.grad inside forward): grad mode
       // must be on whatever the caller set.
       torch::AutoGradMode grad_on(true);
+      detail::LegacyExecutorScope legacy;
       result = m.module.forward({t_species, t_index, t_vec, n_local}).toGenericDict();
     }
     torch::NoGradGuard no_grad;

@@ -10,7 +10,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .data.neighbors import neighbor_list
 from .device import resolve_device
-from .export.contract import metadata_files, open_engine_model, warn_close_atoms
+from .export.contract import legacy_executor, metadata_files, open_engine_model, warn_close_atoms
 from .model_info import ModelInfo
 
 
@@ -85,8 +85,9 @@ class EquiformerCalculator(Calculator):
             closest = float(np.sqrt((vectors * vectors).sum(1).min()))
             self.warned_close = warn_close_atoms(closest / self.to_model_length,
                                                  self.info.min_distance / self.to_model_length, "Angstrom")
-        out = self.engine(species.to(self.device), torch.from_numpy(edge_index).to(self.device),
-                          torch.tensor(vectors, dtype=self.info.torch_dtype, device=self.device), n)
+        with legacy_executor():
+            out = self.engine(species.to(self.device), torch.from_numpy(edge_index).to(self.device),
+                              torch.tensor(vectors, dtype=self.info.torch_dtype, device=self.device), n)
         e_unit, l_unit = self.to_ev, self.to_ev * self.to_model_length  # energy, energy/length conversions
         energy = (float(out["energy"]) + self.info.energy_offset) * e_unit
         energies = (out["atom_energies"].cpu().numpy() + self.info.energy_offset / n) * e_unit

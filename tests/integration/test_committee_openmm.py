@@ -6,9 +6,7 @@ members in closed form (`analytic_models.committee_reference`) and the spec's de
 formulas written again in NumPy (`analytic_models.model_deviation`).
 """
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -130,19 +128,10 @@ def _have_torchforce():
         return False
 
 
-# The native plugin's C++ runtime switches TorchScript to its legacy graph executor for the
-# whole process (cpp/src/runtime.cpp), and openmm-torch's energy-only module then fails in the
-# test files that follow in the same session (test_openmm.py). The native cases therefore run
-# in a pytest process of their own, started by test_native_routes_in_own_process.
-NATIVE_PROCESS = "EQUIFORMER_TEST_NATIVE_PROCESS"
-IN_NATIVE_PROCESS = os.environ.get(NATIVE_PROCESS) == "1"
-
-
 def _route(name, create, needs):
     reasons = {"torchforce": (_have_torchforce, "openmm-torch missing"),
                "pythonforce": (lambda: hasattr(openmm, "PythonForce"), "no openmm.PythonForce"),
-               "native": (lambda: IN_NATIVE_PROCESS and _have_native(),
-                          "native plugin not built, or not in the process test_native_routes_in_own_process starts")}
+               "native": (_have_native, "native plugin not built (scripts/build_cpp.sh)")}
     available, why = reasons[needs]
     return pytest.param(create, id=name, marks=pytest.mark.skipif(not available(), reason=why))
 
@@ -379,14 +368,3 @@ def test_refusals(files, tmp_path):
         DeviationReporter(str(tmp_path / "e.out"), 2, halt_above=-1.0)
     with pytest.raises(ValueError, match="reportInterval"):
         DeviationReporter(str(tmp_path / "f.out"), 0)
-
-
-@pytest.mark.skipif(IN_NATIVE_PROCESS or not _have_native(), reason="native plugin not built")
-def test_native_routes_in_own_process():
-    """The native-route cases of this file, in a process of their own (see NATIVE_PROCESS)."""
-    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-k", "native and not own_process",
-                             "-p", "no:cacheprovider"],
-                            env=dict(os.environ, **{NATIVE_PROCESS: "1"}), capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0 and " passed" in result.stdout and "skipped" not in result.stdout, \
-        result.stdout[-4000:] + result.stderr[-2000:]

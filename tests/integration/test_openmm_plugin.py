@@ -403,6 +403,38 @@ def test_openmm_ml_mixed_system(model):
     assert np.abs(energies[0][1] - energies[1][1]).max() <= TOL * np.abs(energies[1][1]).max()
 
 
+def test_energy_only_torchforce_after_a_native_context(model):
+    """The native runtime runs its calls on TorchScript's legacy executor and leaves the
+    process's setting as it found it: openmm-torch's energy-only module (whose backward fails
+    under the legacy executor) still works after a native Context has computed forces."""
+    from equiformer.openmm.common import import_openmmtorch
+    try:
+        import_openmmtorch()
+    except ImportError as exc:
+        pytest.skip(f"openmm-torch not available: {exc}")
+    from equiformer.openmm.torchforce import create_torch_force
+
+    pos = molecule(seed=2)
+    topology = app.Topology()
+    residue = topology.addResidue("MOL", topology.addChain())
+    for k, s in enumerate(SYMBOLS):
+        topology.addAtom(f"A{k}", app.Element.getBySymbol(s), residue)
+    # torch's default (profiling) executor, whatever earlier tests in this process set
+    executor, mode = torch._C._jit_set_profiling_executor(True), torch._C._jit_set_profiling_mode(True)
+    try:
+        results = []
+        for force in (EquiformerForce(model, SYMBOLS), create_torch_force(model, topology, outputs_forces=False)):
+            system = make_system(len(SYMBOLS))
+            system.addForce(force)
+            results.append(evaluate(system, pos))
+        assert torch._C._jit_set_profiling_executor(True), "the native runtime left the legacy executor set"
+    finally:
+        torch._C._jit_set_profiling_executor(executor)
+        torch._C._jit_set_profiling_mode(mode)
+    assert abs(results[0][0] - results[1][0]) <= TOL * abs(results[0][0])
+    assert np.abs(results[0][1] - results[1][1]).max() <= 1e-6 * np.abs(results[0][1]).max()
+
+
 # --------------------------------------------------------------------------------------------
 # runtime checks: a box too small only in the System, close atoms, damaged model files
 

@@ -5,6 +5,7 @@ edge_index, edge_vectors) -> Tensor[N] float64``) into the forward that every en
 and `save_engine_model` writes it with its metadata as TorchScript extra files.
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -149,14 +150,30 @@ def save_engine_model(module: torch.jit.ScriptModule, path: str, metadata: Dict[
 
 
 def configure_torchscript() -> None:
-    """TorchScript's legacy graph executor for this process, as the C++ runtime uses: the
-    profiling executor re-optimises during the first calls and then runs these models 15-25%
-    slower than eager PyTorch (measured); the legacy one matches eager. Process-wide, so the
-    Python engine routes (calculator, OpenMM) do not call it: openmm-torch's energy-only
-    TorchForce module fails under the legacy executor ("backward through the graph a second
-    time"); the benchmarks use it to time what the C++ runtime runs."""
+    """TorchScript's legacy graph executor for the rest of this process (`legacy_executor`'s
+    reasons), for benchmarks that time what the C++ runtime runs. Not for the engine routes:
+    openmm-torch's energy-only TorchForce module fails under the legacy executor ("backward
+    through the graph a second time"), so they use the scoped `legacy_executor`."""
     torch._C._jit_set_profiling_executor(False)
     torch._C._jit_set_profiling_mode(False)
+
+
+@contextlib.contextmanager
+def legacy_executor():
+    """TorchScript's legacy graph executor while the block runs, then the previous setting
+    back, as the C++ runtime does around its calls. The profiling executor re-optimises during
+    a module's first calls (twice the compilation time) and then runs these models 15-25%
+    slower than eager PyTorch (measured, torch 2.9, CPU); the legacy one matches eager. A
+    module's executor is chosen at its first call, so call our modules inside this block
+    every time; TorchScript first called elsewhere (openmm-torch's TorchForce) keeps the
+    default."""
+    executor = torch._C._jit_set_profiling_executor(False)
+    profiling = torch._C._jit_set_profiling_mode(False)
+    try:
+        yield
+    finally:
+        torch._C._jit_set_profiling_mode(profiling)
+        torch._C._jit_set_profiling_executor(executor)
 
 
 REEXPORT = "copy it again or re-export it with `equiformer-export CHECKPOINT.pt MODEL.pt`"

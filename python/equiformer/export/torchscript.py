@@ -13,7 +13,7 @@ from ..units import length_factor
 from ..nn.features import all_features_gradient, as_list, differentiable, from_list
 from ..schedule import ChunkedGradient, edge_ranges
 from .contract import (DEFAULT_MIN_DISTANCE_ANGSTROM, EngineModel, check_writable, engine_outputs, metadata_files,
-                       save_engine_model)
+                       legacy_executor, save_engine_model)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # how closely the scripted model must reproduce the eager one on the probe before writing
@@ -217,7 +217,8 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
     for route, threshold in (("single-pass", -1), ("chunked", 0)):
         scripted.chunked_edges = threshold
         scripted.schedule.edge_chunk = max(1, int(edge_index.shape[1]) // 3)
-        got = scripted(species, edge_index, vectors, n)
+        with legacy_executor():  # as the engines call it (half the compilation time)
+            got = scripted(species, edge_index, vectors, n)
         scripted.schedule.edge_chunk = edge_chunk
         for key in ("energy", "forces", "virial"):
             scale = max(1.0, float(ref[key].abs().max()))

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from equiformer.data.neighbors import check_box, neighbor_list
-from equiformer.export.contract import REEXPORT, open_engine_model, warn_close_atoms
+from equiformer.export.contract import REEXPORT, legacy_executor, open_engine_model, warn_close_atoms
 from equiformer.files import check_archive
 from equiformer.openmm.common import ModelSetup, prepare
 
@@ -94,7 +94,8 @@ class EquiformerComputation:
             self._warned_close = warn_close_atoms(closest / s.nm_to_model, s.info.min_distance / s.nm_to_model, "nm")
         ei = torch.from_numpy(edge_index).to(self._device)
         ev = torch.from_numpy(np.ascontiguousarray(vectors)).to(device=self._device, dtype=s.torch_dtype)
-        return self._model(self._species, ei, ev, s.num_ml_atoms)
+        with legacy_executor():
+            return self._model(self._species, ei, ev, s.num_ml_atoms)
 
     def compute_numpy(self, positions_nm: np.ndarray, box_nm: Optional[np.ndarray] = None):
         """(energy kJ/mol, forces kJ/mol/nm) for the ML atoms, from plain arrays in nm."""
