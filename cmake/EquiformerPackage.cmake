@@ -52,10 +52,12 @@ if(TARGET EquiformerOpenMMCUDA)
 endif()
 
 # equiformer-demo (python/equiformer/cli/demo.py) reads these and nothing else from models/
-# and data/: the checkpoints, the shipped exports (--quick copies them instead of exporting)
-# and the first aspirin frame of the test set (the OpenMM start structure)
-install(FILES models/cu/model.ckpt.pt models/cu/model.pt models/cu/model.float64.pt
+# and data/: the checkpoints, the shipped exports (--quick copies them instead of exporting),
+# the Cu committee and test set (the committee part) and the first aspirin frame of the test
+# set (the OpenMM start structure)
+install(FILES models/cu/model.ckpt.pt models/cu/model.pt models/cu/model.float64.pt models/cu/committee.pt
         DESTINATION ${_pkg}/shipped/models/cu)
+install(FILES data/cu_eam_test.xyz DESTINATION ${_pkg}/shipped/data)
 install(FILES models/aspirin/model.ckpt.pt models/aspirin/model.pt DESTINATION ${_pkg}/shipped/models/aspirin)
 set(_start ${CMAKE_BINARY_DIR}/shipped/aspirin_start.xyz)
 file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/shipped)

@@ -10,7 +10,8 @@ def check_quick_demo(out, proc):
     for name in ("summary.json", "summary.md", "demo.log", "cu_model.pt", "aspirin_model.pt", "cu_rdf.png",
                  "cu_energy_force_errors.png", "cu_force_parity.png", "aspirin_openmm.png", "cu_eos.png", "cu_nve.png",
                  "lammps/traj_equiformer.dump", "lammps/rerun_eam.dump", "openmm/aspirin_md.xyz",
-                 "lammps/log.crystal_equiformer.lammps", "lammps/log.crystal_eam.lammps", "lammps/eos.txt"):
+                 "lammps/log.crystal_equiformer.lammps", "lammps/log.crystal_eam.lammps", "lammps/eos.txt",
+                 "cu_committee_deviation.png", "lammps/hot_liquid.dump", "lammps/committee_compressed.txt"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     s = json.loads((out / "summary.json").read_text())
     cu, asp = s["lammps_cu"], s["openmm_aspirin"]
@@ -25,6 +26,7 @@ def check_quick_demo(out, proc):
     assert 50 < asp["mean_temperature_K"] < 3000
     assert "summary:" in proc.stdout
     _check_crystal(s["crystal_cu"])
+    _check_committee(s["committee_cu"])
     assert "bulk modulus" in (out / "summary.md").read_text()
 
 
@@ -51,3 +53,13 @@ def _check_crystal(xt):
         assert nve["etot_max_deviation_meV_per_atom"] < 0.05, (name, nve)
     assert abs(xt["eam"]["eos"]["a0_A"] - 3.615) < 0.002 and abs(xt["eam"]["eos"]["B_GPa"] - 138) < 5
     assert xt["minimise_converged"] == {"equiformer_float64": True, "eam": True}
+
+
+def _check_committee(c):
+    """The shipped Cu committee: small deviations inside its training range, larger outside."""
+    assert c["members"] == 4
+    med = c["median_max_devi_f"]
+    assert len(med) == 3 and all(v > 0 for v in med.values()), med
+    assert c["median_inside_eV_A"] < 0.1, c  # eV/A: a committee that agrees where it was trained
+    assert c["rises_outside"], c  # hot liquid and 20 % compression both > 1.5x the inside median
+    assert list(c["compressed_max_devi_f"]) == ["1.00", "0.96", "0.92", "0.88", "0.84", "0.80"]

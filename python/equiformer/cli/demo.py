@@ -12,8 +12,10 @@ Steps: (1) export the shipped checkpoints ``models/cu/model.ckpt.pt`` and
 reference EAM trajectory from the same start and the radial distribution functions of both;
 (5) crystal checks of the Cu model and EAM on a 108-atom fcc cell (1 MPI rank): minimisation
 of the perfect and a rattled lattice, the energy-volume curve with a Birch-Murnaghan fit (a0,
-bulk modulus) and NVE energy conservation from 300 K; (6) OpenMM Langevin dynamics of aspirin
-with a ``TorchForce``; (7) PNG plots, ``summary.json``, ``demo.log`` and a summary table.
+bulk modulus) and NVE energy conservation from 300 K; (6) the shipped Cu committee's force
+deviation inside and outside its training range (demo_committee.py); (7) OpenMM Langevin
+dynamics of aspirin with a ``TorchForce``; (8) PNG plots, ``summary.json``, ``demo.log`` and a
+summary table.
 
 The output folder must be empty or absent; an existing non-empty folder is refused unless
 ``--overwrite`` is given (then the demo's own files in it are replaced).
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from .demo_committee import committee_part
 
 if TYPE_CHECKING:  # imported where used: it loads torch
     from ..model_info import ModelInfo
@@ -121,6 +125,14 @@ def shipped(name: str, override: Optional[str]) -> Path:
     if not path.is_file():
         raise DemoError(f"checkpoint {path} not found (the package ships it in equiformer/shipped/, a source "
                         f"checkout in models/; train one with equiformer-train models/{name}/train.yaml)")
+    return path
+
+
+def committee_file(override: Optional[str]) -> Path:
+    path = Path(override) if override else MODELS / "cu" / "committee.pt"
+    if not path.is_file():
+        raise DemoError(f"committee file {path} not found (the package ships it in equiformer/shipped/, a source "
+                        "checkout in models/cu/; make one with equiformer-export RUN_FOLDER committee.pt)")
     return path
 
 
@@ -748,6 +760,19 @@ def crystal_rows(xt: Dict[str, object]) -> List[str]:
     ]
 
 
+def committee_rows(c: Dict[str, object]) -> List[str]:
+    med = c["median_max_devi_f"]
+    inside = ", ".join(f"{name} {1e3 * v:.1f}" for name, v in med.items() if "liquid" not in name)
+    hot = next(v for name, v in med.items() if "liquid" in name)
+    return [
+        f"| Cu committee ({c['members']} members): median max force deviation inside the training range (meV/A) "
+        f"| {inside} |",
+        f"| Cu committee: outside, {c['hot_liquid_K']:.0f} K liquid / fcc at 0.80 a0 (meV/A; x inside) | "
+        f"{1e3 * hot:.1f} (x{c['ratio_hot_liquid_to_inside']:.1f}) / {1e3 * c['compressed_max_devi_f']['0.80']:.1f} "
+        f"(x{c['ratio_compressed_0.80_to_inside']:.1f}){'' if c['rises_outside'] else ' NOT rising'} |",
+    ]
+
+
 def summary_table(s: Dict[str, object]) -> str:
     cu, asp, xt = s["lammps_cu"], s["openmm_aspirin"], s["crystal_cu"]
     lines = [
@@ -760,6 +785,7 @@ def summary_table(s: Dict[str, object]) -> str:
         f"{cu['rdf_first_peak_A']['eam']:.2f} |",
         f"| Cu: wall time Equiformer / EAM MD (s) | {cu['wall_s_equiformer']:.1f} / {cu['wall_s_eam']:.1f} |",
         *crystal_rows(xt),
+        *committee_rows(s["committee_cu"]),
         f"| aspirin: steps / <T> (K) | {asp['steps']} / {asp['mean_temperature_K']:.0f} |",
         f"| aspirin: ms per step (OpenMM Reference + TorchForce) | {asp['ms_per_step']:.1f} |",
         f"| aspirin: molecule intact (max bond stretch) | {asp['intact']} (x{asp['max_bond_stretch_ratio']:.2f}) |",
@@ -781,6 +807,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--np", type=int, default=2, dest="nprocs", help="MPI ranks for LAMMPS (default 2)")
     p.add_argument("--cu-checkpoint", default=None, help="default: models/cu/model.ckpt.pt")
     p.add_argument("--aspirin-checkpoint", default=None, help="default: models/aspirin/model.ckpt.pt")
+    p.add_argument("--cu-committee", default=None, help="exported Cu committee file (default: models/cu/committee.pt)")
     args = p.parse_args(argv)
     steps = args.steps if args.steps is not None else (20 if args.quick else 300)
     if steps < 1:
@@ -822,6 +849,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary["lammps_cu"] = lammps_part(out, cu_model, 3 if args.quick else 4, steps, every, 800.0,
                                            args.nprocs, log)
         summary["crystal_cu"] = crystal_part(out, cu_model, cu_model64, args.quick, log)
+        summary["committee_cu"] = committee_part(
+            out, committee_file(args.cu_committee), DATA / "cu_eam_test.xyz",
+            read_dump(out / "lammps" / "traj_equiformer.dump"), args.quick, run_lmp, eam_file(), CU_A0, CU_MASS, log)
         summary["openmm_aspirin"] = openmm_part(out, asp_model, steps, every, 500.0, log,
                                                  xtb=not args.quick)
         summary["wall_s"] = round(time.time() - t0, 1)
