@@ -30,13 +30,45 @@ def _targets_available(frames, key: str, per_atom: bool) -> bool:
     return all(_lookup(a, key, per_atom) is not None for a in frames)
 
 
+def _read_frames(data_paths: List[str], index: str, fmt: Optional[str]):
+    """The structures of every data file, and where each came from."""
+    from equiformer.data.dataset import read_structures
+
+    frames, sources = [], []
+    for path in data_paths:
+        fr = read_structures(path, index, fmt)
+        frames.extend(fr)
+        sources.extend(f"{path}, frame {i}" for i in range(len(fr)))
+    return frames, sources
+
+
+def _choose_keys(frames, data_paths: List[str], explicit: Dict[str, Optional[str]],
+                 defaults: Dict[str, str]) -> Dict[str, Optional[str]]:
+    """The reference key of energy, forces and stress: an explicit key is required; a default
+    one is used when every frame has it. Stress only for fully periodic data."""
+    chosen = {}
+    for kind, per_atom in (("energy", False), ("forces", True), ("stress", False)):
+        if explicit[kind] is not None:
+            chosen[kind] = explicit[kind]
+        else:
+            chosen[kind] = defaults[kind] if _targets_available(frames, defaults[kind], per_atom) else None
+    if chosen["stress"] is not None and not all(a.pbc.all() for a in frames):
+        if explicit["stress"] is not None:
+            raise ValueError("stress needs fully periodic structures; the data contains non-periodic ones")
+        chosen["stress"] = None
+    if not any(chosen.values()):
+        raise ValueError(f"no reference energies, forces or stress found in {', '.join(data_paths)}; "
+                         "name them with --energy-key / --forces-key / --stress-key")
+    return chosen
+
+
 def evaluate(ckpt_path: str, data_paths: List[str], energy_key: Optional[str] = None, forces_key: Optional[str] = None,
              stress_key: Optional[str] = None, index: str = ":", fmt: Optional[str] = None, batch_size: int = 8,
              device: str = "cpu", keep_values: bool = False, progress: bool = False):
     """Metrics dict and the Metrics object (with parity values if ``keep_values``)."""
     import torch
 
-    from equiformer.data.dataset import GraphDataset, GraphLoader, read_structures
+    from equiformer.data.dataset import GraphDataset, GraphLoader
     from equiformer.device import resolve_device
     from equiformer.train.checkpoint import load_checkpoint, model_from_checkpoint
     from equiformer.train.trainer import evaluate_dataset
@@ -46,26 +78,9 @@ def evaluate(ckpt_path: str, data_paths: List[str], energy_key: Optional[str] = 
     model = model_from_checkpoint(ckpt, device=dev)
     dtype = getattr(torch, ckpt.get("dtype", "float64"))
     data_cfg = ((ckpt.get("metadata") or {}).get("config") or {}).get("data") or {}
-    frames, sources = [], []
-    for path in data_paths:
-        fr = read_structures(path, index, fmt)
-        frames.extend(fr)
-        sources.extend(f"{path}, frame {i}" for i in range(len(fr)))
-    # explicit keys are required; default keys (from the training config) are used when present
-    chosen = {}
-    for kind, explicit, per_atom in (("energy", energy_key, False), ("forces", forces_key, True), ("stress", stress_key, False)):
-        if explicit is not None:
-            chosen[kind] = explicit
-        else:
-            default = data_cfg.get(f"{kind}_key", kind)
-            chosen[kind] = default if _targets_available(frames, default, per_atom) else None
-    if chosen["stress"] is not None and not all(a.pbc.all() for a in frames):
-        if stress_key is not None:
-            raise ValueError("stress needs fully periodic structures; the data contains non-periodic ones")
-        chosen["stress"] = None
-    if not any(chosen.values()):
-        raise ValueError(f"no reference energies, forces or stress found in {', '.join(data_paths)}; "
-                         "name them with --energy-key / --forces-key / --stress-key")
+    frames, sources = _read_frames(data_paths, index, fmt)
+    chosen = _choose_keys(frames, data_paths, {"energy": energy_key, "forces": forces_key, "stress": stress_key},
+                          {kind: data_cfg.get(f"{kind}_key", kind) for kind in ("energy", "forces", "stress")})
     dataset = GraphDataset.from_atoms(frames, model.species_symbols, model.cutoff, dtype,
                                       energy_key=chosen["energy"], forces_key=chosen["forces"],
                                       stress_key=chosen["stress"], sources=sources)
@@ -109,28 +124,13 @@ def evaluate_exported(model_path: str, data_paths: List[str], energy_key: Option
     from equiformer.calculator import EquiformerCalculator
     from equiformer.data import keys
     from equiformer.data.atoms import read_targets
-    from equiformer.data.dataset import read_structures
     from equiformer.train.loss import Metrics
 
     calc = EquiformerCalculator(model=model_path, device=device)
     info = calc.info
-    frames, sources = [], []
-    for path in data_paths:
-        fr = read_structures(path, index, fmt)
-        frames.extend(fr)
-        sources.extend(f"{path}, frame {i}" for i in range(len(fr)))
-    chosen = {}
-    for kind, explicit, per_atom in (("energy", energy_key, False), ("forces", forces_key, True),
-                                     ("stress", stress_key, False)):
-        chosen[kind] = explicit if explicit is not None else (kind if _targets_available(frames, kind, per_atom)
-                                                              else None)
-    if chosen["stress"] is not None and not all(a.pbc.all() for a in frames):
-        if stress_key is not None:
-            raise ValueError("stress needs fully periodic structures; the data contains non-periodic ones")
-        chosen["stress"] = None
-    if not any(chosen.values()):
-        raise ValueError(f"no reference energies, forces or stress found in {', '.join(data_paths)}; "
-                         "name them with --energy-key / --forces-key / --stress-key")
+    frames, sources = _read_frames(data_paths, index, fmt)
+    chosen = _choose_keys(frames, data_paths, {"energy": energy_key, "forces": forces_key, "stress": stress_key},
+                          {kind: kind for kind in ("energy", "forces", "stress")})
     # the calculator speaks eV and Angstrom; the reference data are in the model's units
     e_unit = 1.0 / calc.to_ev
     f_unit = e_unit / calc.to_model_length
