@@ -498,19 +498,7 @@ tagint PairEquiformer::add_local_nodes()
 
 void PairEquiformer::build_graph_map()
 {
-  const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-  const int *type = atom->type;
-  const tagint *tag = atom->tag;
-  const tagint maxtag = add_local_nodes();
-  for (int j = nlocal; j < nall; j++) {
-    if (type2species[type[j]] < 0) continue;
-    tagint t = tag[j];
-    int owner = (t >= 0 && t <= maxtag) ? tag2local[t] : -1;
-    if (owner < 0)
-      error->one(FLERR, "pair equiformer: ghost atom ID {} has no local owner on this single rank", t);
-    node_of[j] = node_of[owner];
-  }
+  map_ghosts_to_owners(true);
 }
 
 /* ----------------------------------------------------------------------
@@ -544,6 +532,18 @@ void PairEquiformer::build_graph_ghost()
 
 void PairEquiformer::build_graph_layer()
 {
+  map_ghosts_to_owners(false);
+}
+
+/* ----------------------------------------------------------------------
+   map and layer modes: local nodes (add_local_nodes()), then every ghost of a mapped type
+   takes the node of its local owner (found by atom ID). A ghost without one is an error
+   (require_owner: map mode, one rank) or is marked -2 (layer mode: a node of its own if an
+   edge uses it)
+------------------------------------------------------------------------- */
+
+void PairEquiformer::map_ghosts_to_owners(bool require_owner)
+{
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   const int *type = atom->type;
@@ -553,7 +553,12 @@ void PairEquiformer::build_graph_layer()
     if (type2species[type[j]] < 0) continue;
     const tagint t = tag[j];
     const int owner = (t >= 0 && t <= maxtag) ? tag2local[t] : -1;
-    node_of[j] = (owner >= 0) ? node_of[owner] : -2;
+    if (owner >= 0)
+      node_of[j] = node_of[owner];
+    else if (require_owner)
+      error->one(FLERR, "pair equiformer: ghost atom ID {} has no local owner on this single rank", t);
+    else
+      node_of[j] = -2;
   }
 }
 

@@ -68,6 +68,8 @@ class PairEquiformer : public Pair {
   void build_graph_map();
   void build_graph_ghost();
   void build_graph_layer();
+  // shared by map and layer modes: ghosts onto their local owners (one place for the tag lookup)
+  void map_ghosts_to_owners(bool require_owner);
   void report_layer_traffic(int64_t rows_moved);
   tagint add_local_nodes();
   void apply_result(const equiformer::Result &, int eflag, int vflag);

@@ -169,6 +169,18 @@ def model_deviation(member_forces: np.ndarray, member_virials: np.ndarray,
     return out
 
 
+def image_shifts(cell, cutoff: float):
+    """Every lattice vector whose image of an atom can come within ``cutoff`` of another atom
+    of the cell (brute force: enough images for any cell); [0] without a cell."""
+    if cell is None:
+        return [np.zeros(3)]
+    cell = np.asarray(cell, dtype=np.float64)
+    heights = np.abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    reps = np.ceil(cutoff / heights).astype(int)
+    return [np.array([a, b, c]) @ cell for a in range(-reps[0], reps[0] + 1)
+            for b in range(-reps[1], reps[1] + 1) for c in range(-reps[2], reps[2] + 1)]
+
+
 def pair_reference(symbols: Sequence[str], positions: np.ndarray, cell: np.ndarray = None,
                    cutoff: float = 3.0, a_matrix: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
     """Brute-force energies, forces and virial of the pair model (minimum-image free: loops over
@@ -177,13 +189,7 @@ def pair_reference(symbols: Sequence[str], positions: np.ndarray, cell: np.ndarr
     species = np.array([SYMBOLS.index(s) for s in symbols])
     pos = np.asarray(positions, dtype=np.float64)
     n = len(pos)
-    shifts = [np.zeros(3)]
-    if cell is not None:
-        cell = np.asarray(cell, dtype=np.float64)
-        heights = np.abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-        reps = np.ceil(cutoff / heights).astype(int)
-        shifts = [np.array([a, b, c]) @ cell for a in range(-reps[0], reps[0] + 1)
-                  for b in range(-reps[1], reps[1] + 1) for c in range(-reps[2], reps[2] + 1)]
+    shifts = image_shifts(cell, cutoff)
     energies = E0[species].copy()
     forces = np.zeros((n, 3))
     virial = np.zeros((3, 3))

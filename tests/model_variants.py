@@ -1,7 +1,9 @@
 """Tiny models of every architecture variant and a random graph, shared by the tests that
 check that two evaluations of the same function agree (edge frames, memory schedules)."""
 
+import numpy as np
 import torch
+from ase import Atoms
 
 SPECIES = ["H", "C", "O"]
 
@@ -39,3 +41,28 @@ def energies_and_gradient(model, species, edge_index, vec, n_local):
     e = model.atom_energies(species, edge_index, vec)
     (grad,) = torch.autograd.grad(e[:n_local].sum(), vec)
     return e.detach(), grad
+
+
+def random_molecule(seed=0, n=8, box=3.2, min_dist=0.9, species=SPECIES):
+    """A random (hence chiral) molecule in a box, no two atoms closer than min_dist, the
+    species in turn."""
+    rng = np.random.default_rng(seed)
+    pos = []
+    while len(pos) < n:
+        p = rng.uniform(0.0, box, 3)
+        if all(np.linalg.norm(p - q) >= min_dist for q in pos):
+            pos.append(p)
+    return Atoms([species[i % len(species)] for i in range(n)], positions=np.array(pos))
+
+
+def strain_derivative(energy_of, atoms, i, j, h=1e-5):
+    """d(energy_of(atoms))/d(strain_ij) / volume by central differences (atoms scaled with the
+    cell): what stress[i, j] must equal."""
+    es = []
+    for s in (1.0, -1.0):
+        eps = np.eye(3)
+        eps[i, j] += s * h
+        strained = atoms.copy()
+        strained.set_cell(atoms.cell.array @ eps, scale_atoms=True)
+        es.append(energy_of(strained))
+    return (es[0] - es[1]) / (2 * h) / atoms.get_volume()

@@ -61,28 +61,32 @@ std::vector<std::string> split(const std::string &s)
   return out;
 }
 
-double parse_double(const std::string &path, const std::string &key, const std::string &text)
+// metadata value `text` of `key` read whole by `convert` (std::stod, std::stol: text, &pos),
+// else an Error saying it is not `what` ("a number", "an integer")
+template <typename Convert>
+auto parse_metadata(const std::string &path, const std::string &key, const std::string &text,
+                    const char *what, Convert convert) -> decltype(convert(text, nullptr))
 {
   try {
     size_t pos = 0;
-    double v = std::stod(text, &pos);
+    auto v = convert(text, &pos);
     if (trim(text.substr(pos)).empty()) return v;
   } catch (const std::exception &) {
   }
-  throw Error(path + ": metadata '" + key + "' is not a number ('" + text +
+  throw Error(path + ": metadata '" + key + "' is not " + what + " ('" + text +
               "'); the file is damaged or was not written by equiformer-export");
+}
+
+double parse_double(const std::string &path, const std::string &key, const std::string &text)
+{
+  return parse_metadata(path, key, text, "a number",
+                        [](const std::string &s, size_t *pos) { return std::stod(s, pos); });
 }
 
 long parse_int(const std::string &path, const std::string &key, const std::string &text)
 {
-  try {
-    size_t pos = 0;
-    long v = std::stol(text, &pos);
-    if (trim(text.substr(pos)).empty()) return v;
-  } catch (const std::exception &) {
-  }
-  throw Error(path + ": metadata '" + key + "' is not an integer ('" + text +
-              "'); the file is damaged or was not written by equiformer-export");
+  return parse_metadata(path, key, text, "an integer",
+                        [](const std::string &s, size_t *pos) { return std::stol(s, pos); });
 }
 
 // EQUIFORMER_JIT_OPTIMIZE=0 turns TorchScript's graph optimisation off for debugging (libtorch
@@ -674,6 +678,18 @@ static double shortest_edge(int64_t n_edges, const double *edge_vectors)
   return std::sqrt(d2);
 }
 
+// every entry point's Result before evaluation: zeros of the right sizes, the shortest edge
+static void start_result(int64_t n_atoms, int64_t n_edges, const double *edge_vectors, bool want_atom_virial,
+                         Result &out)
+{
+  out.energy = 0.0;
+  out.atom_energies.assign(n_atoms, 0.0);
+  out.forces.assign(3 * n_atoms, 0.0);
+  out.virial.fill(0.0);
+  out.atom_virial.assign(want_atom_virial ? 9 * n_atoms : 0, 0.0);
+  out.min_distance = shortest_edge(n_edges, edge_vectors);
+}
+
 // the same input checks for every entry point; `what` names the caller in messages
 static void check_inputs(const char *what, int64_t nspecies, int64_t n_atoms, const int64_t *species,
                          int64_t n_edges, const int64_t *src, const int64_t *dst, int64_t n_local)
@@ -993,12 +1009,7 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
   const std::vector<int64_t> &width = layer_feature_sizes();
   const int L = m.num_layers;
 
-  out.energy = 0.0;
-  out.atom_energies.assign(n_atoms, 0.0);
-  out.forces.assign(3 * n_atoms, 0.0);
-  out.virial.fill(0.0);
-  out.atom_virial.assign(want_atom_virial ? 9 * n_atoms : 0, 0.0);
-  out.min_distance = shortest_edge(n_edges, edge_vectors);
+  start_result(n_atoms, n_edges, edge_vectors, want_atom_virial, out);
 
   // Nothing to evaluate here: still take part in every exchange (the other ranks need it).
   if (n_local == 0) {
@@ -1066,12 +1077,7 @@ void Model::compute(int64_t n_atoms, const int64_t *species, int64_t n_edges, co
   const Impl &m = *impl_;
   check_inputs("compute", static_cast<int64_t>(m.symbols.size()), n_atoms, species, n_edges, src, dst, n_local);
 
-  out.energy = 0.0;
-  out.atom_energies.assign(n_atoms, 0.0);
-  out.forces.assign(3 * n_atoms, 0.0);
-  out.virial.fill(0.0);
-  out.atom_virial.assign(want_atom_virial ? 9 * n_atoms : 0, 0.0);
-  out.min_distance = shortest_edge(n_edges, edge_vectors);
+  start_result(n_atoms, n_edges, edge_vectors, want_atom_virial, out);
   const int64_t K = m.committee_size > 1 ? m.committee_size : 0;  // no member outputs for a single model
   out.member_energies.assign(K, 0.0);
   out.member_atom_energies.assign(K * n_atoms, 0.0);

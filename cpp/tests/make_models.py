@@ -78,6 +78,13 @@ def main(outdir):
     extra["dtype"] = "float64"
     extra["cutoff"] = ""
     torch.jit.save(module, os.path.join(outdir, "no_cutoff.pt"), _extra_files=extra)
+    # metadata that is not a number / not an integer
+    extra["cutoff"] = "1.5x"
+    torch.jit.save(module, os.path.join(outdir, "cutoff_not_a_number.pt"), _extra_files=extra)
+    extra["cutoff"] = "3.0"
+    extra["num_layers"] = "2.5"
+    torch.jit.save(module, os.path.join(outdir, "layers_not_an_integer.pt"), _extra_files=extra)
+    del extra["num_layers"]
     # damaged copies of pair64.pt: a bit flipped in a tensor (stored) and in code (deflated),
     # and a truncated one
     flip_bit(os.path.join(outdir, "pair64.pt"), os.path.join(outdir, "flipped_data.pt"), "/data/")

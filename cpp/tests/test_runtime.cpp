@@ -423,6 +423,10 @@ int main(int argc, char **argv)
     check_throws([&] { equiformer::Model(dir + "/future_version.pt"); }, "format version 2", "future version");
     check_throws([&] { equiformer::Model(dir + "/bfloat16.pt"); }, "supports float32 and float64", "bfloat16 dtype");
     check_throws([&] { equiformer::Model(dir + "/no_cutoff.pt"); }, "lacks the 'cutoff' metadata", "missing cutoff");
+    check_throws([&] { equiformer::Model(dir + "/cutoff_not_a_number.pt"); },
+                 "metadata 'cutoff' is not a number ('1.5x')", "cutoff not a number");
+    check_throws([&] { equiformer::Model(dir + "/layers_not_an_integer.pt"); },
+                 "metadata 'num_layers' is not an integer ('2.5')", "num_layers not an integer");
     // libtorch does not check the archive's checksums: a flipped bit used to load silently
     check_throws([&] { equiformer::Model(dir + "/flipped_data.pt"); }, "does not match its contents",
                  "a bit flipped in a tensor");

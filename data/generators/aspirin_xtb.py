@@ -18,7 +18,6 @@ saved to ``--cache`` every ``--save-every`` frames; rerunning continues from the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -30,6 +29,8 @@ from typing import List, Optional
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
+from equiformer.data.dataset import file_fingerprint  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.dirname(HERE)
@@ -115,14 +116,6 @@ def _check_bonds(atoms, ref: Optional[np.ndarray] = None) -> None:
     bad = d > 1.6 * (rc[ref[:, 0]] + rc[ref[:, 1]])
     if bad.any():
         raise RuntimeError(f"aspirin bond(s) broken: {ref[bad].tolist()}")
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _save_state(path, state) -> None:
@@ -227,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ase.io.write(path + ".tmp", sel, format="extxyz")
         os.replace(path + ".tmp", path)
         out[split] = {"path": os.path.relpath(path, DATA), "structures": len(sel), "bytes": os.path.getsize(path),
-                      "sha256": _sha256(path)}
+                      "sha256": file_fingerprint(path)["sha256"]}
     prov = {
         "dataset": "aspirin_xtb",
         "method": "GFN2-xTB (tblite ASE calculator), Langevin MD (ASE), dt 0.5 fs, friction 0.01/fs",

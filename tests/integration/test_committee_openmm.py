@@ -20,6 +20,7 @@ from openmm import app, unit  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analytic_models import (DEVIATION_COLUMNS, committee_reference, model_deviation,  # noqa: E402
                              write_pair_committee, write_pair_model)
+from openmm_systems import make_system, make_topology, periodic_positions  # noqa: E402
 
 from equiformer.openmm import (DeviationReporter, ModelDeviationError, create_python_force,  # noqa: E402
                                create_torch_force)
@@ -42,14 +43,8 @@ BOX = np.array([[7.0, 0.0, 0.0], [2.0, 6.5, 0.0], [-1.5, 1.5, 6.8]])
 
 
 def _box_structure(n=16, seed=3):
-    rng = np.random.default_rng(seed)
-    pos = []
-    while len(pos) < n:
-        x = rng.random(3) @ BOX + rng.integers(-1, 2, 3) @ BOX  # some outside the cell
-        if all(np.linalg.norm(x - p) > 1.6 for p in pos):
-            pos.append(x)
     symbols = [("Cu", "O", "C", "Cu")[k % 4] for k in range(n)]
-    return symbols, np.array(pos), BOX
+    return symbols, periodic_positions(BOX, n, 1.6, seed), BOX
 
 
 PERIODIC = _box_structure()
@@ -80,22 +75,11 @@ def files(tmp_path_factory):
 
 
 def topology(symbols, cell_a=None):
-    top = app.Topology()
-    residue = top.addResidue("X", top.addChain())
-    for k, s in enumerate(symbols):
-        top.addAtom(f"{s}{k}", app.Element.getBySymbol(s), residue)
-    if cell_a is not None:
-        top.setPeriodicBoxVectors([openmm.Vec3(*row) for row in cell_a / 10.0] * unit.nanometer)
-    return top
+    return make_topology(symbols, None if cell_a is None else cell_a / 10.0)
 
 
 def system_for(symbols, cell_a=None):
-    system = openmm.System()
-    for s in symbols:
-        system.addParticle(app.Element.getBySymbol(s).mass)
-    if cell_a is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in cell_a / 10.0])
-    return system
+    return make_system(symbols, None if cell_a is None else cell_a / 10.0)
 
 
 def _native(path, top, atoms=None):

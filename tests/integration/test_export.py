@@ -26,6 +26,7 @@ from equiformer.units import EV_IN_KCAL_PER_MOL
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from damaged_files import flip_bit  # noqa: E402
+from model_variants import random_molecule, strain_derivative  # noqa: E402
 
 SPECIES = ["H", "C", "O"]
 ATOM_REF = [-0.5, -1.5, -2.0]
@@ -92,13 +93,7 @@ def calc_ckpt(files):
 
 
 def molecule(seed=0, n=7, box=3.0, min_dist=0.9):
-    rng = np.random.default_rng(seed)
-    pos = []
-    while len(pos) < n:
-        p = rng.uniform(0.0, box, 3)
-        if all(np.linalg.norm(p - q) >= min_dist for q in pos):
-            pos.append(p)
-    return Atoms([SPECIES[i % 3] for i in range(n)], positions=np.array(pos))
+    return random_molecule(seed, n, box, min_dist, SPECIES)
 
 
 def triclinic():
@@ -419,25 +414,17 @@ def test_calculator_finite_differences(calc64):
     h = 1e-5
 
     def e_at(a):
+        a.calc = calc64
         return a.get_potential_energy()
 
     for i, c in [(0, 0), (1, 1), (2, 2), (3, 0)]:
         p, m = atoms.copy(), atoms.copy()
         p.positions[i, c] += h
         m.positions[i, c] -= h
-        p.calc = m.calc = atoms.calc
         fd = -(e_at(p) - e_at(m)) / (2 * h)
         assert abs(forces[i, c] - fd) <= 1e-6 * max(1.0, abs(fd)), (i, c, forces[i, c], fd)
     for i, j in [(0, 0), (1, 2), (2, 0)]:
-        es = []
-        for s in (1.0, -1.0):
-            eps = np.eye(3)
-            eps[i, j] += s * h
-            st = atoms.copy()
-            st.set_cell(atoms.cell.array @ eps, scale_atoms=True)
-            st.calc = atoms.calc
-            es.append(e_at(st))
-        fd = (es[0] - es[1]) / (2 * h) / atoms.get_volume()
+        fd = strain_derivative(e_at, atoms, i, j, h)
         sym = 0.5 * (stress[i, j] + stress[j, i])
         assert abs(sym - fd) <= 1e-6 * max(1.0, abs(fd)), (i, j, stress[i, j], fd)
     assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-10)

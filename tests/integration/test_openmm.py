@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analytic_models import SYMBOLS, pair_reference, write_pair_model  # noqa: E402
 from damaged_files import flip_bit  # noqa: E402
 from neighbor_cases import brute_force  # noqa: E402
+from openmm_systems import make_system, make_topology, spread  # noqa: E402
 
 from equiformer.model_info import ModelInfo  # noqa: E402
 from equiformer.openmm import create_python_force, create_torch_force, load_torch_force  # noqa: E402
@@ -156,7 +157,7 @@ def make_structure(kind, species, cutoff, seed=0):
     rng = np.random.default_rng(seed)
     if kind == "molecule":
         n, cell = 12, None
-        pos = _spread(rng, n, lambda m: rng.random((m, 3)) * 1.1 * cutoff, 0.3 * cutoff)
+        pos = spread(rng, n, lambda m: rng.random((m, 3)) * 1.1 * cutoff, 0.3 * cutoff)
     else:
         cell = {
             "cubic": np.diag([2.3, 2.3, 2.3]) * cutoff,
@@ -165,41 +166,10 @@ def make_structure(kind, species, cutoff, seed=0):
             "small-triclinic": np.array([[1.3, 0, 0], [0.6, 1.25, 0], [-0.5, 0.4, 1.2]]) * cutoff,
         }[kind]
         n = 24 if kind != "small-triclinic" else 5
-        pos = _spread(rng, n, lambda m: rng.random((m, 3)) @ cell, 0.3 * cutoff)
+        pos = spread(rng, n, lambda m: rng.random((m, 3)) @ cell, 0.3 * cutoff)
         pos += rng.integers(-2, 3, (n, 1)) * cell[0] + rng.integers(-1, 2, (n, 1)) * cell[2]  # unwrapped
     symbols = [species[k % len(species)] for k in range(n)]
     return symbols, pos, cell
-
-
-def _spread(rng, n, draw, dmin):
-    pos = draw(1)
-    while len(pos) < n:
-        p = draw(1)
-        if np.min(np.linalg.norm(pos - p, axis=1)) > dmin:
-            pos = np.vstack([pos, p])
-    return pos
-
-
-def make_topology(symbols, cell_nm=None, molecules=None):
-    top = app.Topology()
-    chain = top.addChain()
-    groups = molecules or [list(range(len(symbols)))]
-    for g in groups:
-        res = top.addResidue("MOL", chain)
-        for k in g:
-            top.addAtom(f"{symbols[k]}{k}", app.Element.getBySymbol(symbols[k]), res)
-    if cell_nm is not None:
-        top.setPeriodicBoxVectors([openmm.Vec3(*row) for row in np.asarray(cell_nm)] * unit.nanometer)
-    return top
-
-
-def make_system(symbols, cell_nm=None):
-    system = openmm.System()
-    for s in symbols:
-        system.addParticle(app.Element.getBySymbol(s).mass)
-    if cell_nm is not None:
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.asarray(cell_nm)])
-    return system
 
 
 def evaluate(system, positions_nm, platform="Reference", cell_nm=None, groups=-1):
@@ -526,21 +496,27 @@ def _expected_mixed(system, mol_a):
     return expected
 
 
+def _check_mixed(mixed, mm_system, mol_a, symbols, pos, cell):
+    """A mixed system's energy and forces (positions in Angstrom) = the MM system without
+    molecule A's internal terms + the pair model on molecule A alone."""
+    energy, forces = evaluate(mixed, pos / 10)
+    e_mm, f_mm = evaluate(_expected_mixed(mm_system, mol_a), pos / 10)
+    ref = reference_pair([symbols[k] for k in mol_a], pos[mol_a], cell, 3.0)
+    f_ml = np.zeros_like(f_mm)
+    f_ml[mol_a] = ref["forces"] * 964.8533212331002
+    assert_matches(energy, forces, e_mm + ref["energy"] * 96.48533212331002, f_mm + f_ml, 1e-8)
+
+
 @pytest.mark.parametrize("implementation", ["torchforce", "pythonforce"])
 def test_openmmml_create_mixed_system(pair_model, implementation):
     from openmmml import MLPotential
     symbols = ["C", "H", "O", "C", "H", "O", "H", "H", "C", "O"]
     rng = np.random.default_rng(13)
-    pos = _spread(rng, len(symbols), lambda m: rng.random((m, 3)) * 5.0, 1.0)  # Angstrom
+    pos = spread(rng, len(symbols), lambda m: rng.random((m, 3)) * 5.0, 1.0)  # Angstrom
     top, mm_system, mol_a, _ = _two_molecule_mm(symbols)
     potential = MLPotential("equiformer", modelPath=pair_model, implementation=implementation)
     mixed = potential.createMixedSystem(top, mm_system, mol_a)
-    energy, forces = evaluate(mixed, pos / 10)
-    e_mm, f_mm = evaluate(_expected_mixed(mm_system, mol_a), pos / 10)
-    ref = reference_pair([symbols[k] for k in mol_a], pos[mol_a], None, 3.0)
-    f_ml = np.zeros_like(f_mm)
-    f_ml[mol_a] = ref["forces"] * 964.8533212331002
-    assert_matches(energy, forces, e_mm + ref["energy"] * 96.48533212331002, f_mm + f_ml, 1e-8)
+    _check_mixed(mixed, mm_system, mol_a, symbols, pos, None)
 
 
 @pytest.mark.parametrize("implementation", ["torchforce", "pythonforce"])
@@ -549,17 +525,12 @@ def test_openmmml_create_mixed_system_periodic(pair_model, implementation):
     symbols = ["C", "H", "O", "C", "H", "O", "H", "H", "C", "O"]
     rng = np.random.default_rng(14)
     cell = np.array([[14.0, 0, 0], [3.0, 13.0, 0], [-2.0, 4.0, 13.5]])
-    pos = _spread(rng, len(symbols), lambda m: rng.random((m, 3)) @ cell, 1.0) + 2.0 * cell[1]
+    pos = spread(rng, len(symbols), lambda m: rng.random((m, 3)) @ cell, 1.0) + 2.0 * cell[1]
     top, mm_system, mol_a, _ = _two_molecule_mm(symbols, openmm.NonbondedForce.CutoffPeriodic, cell / 10)
     potential = MLPotential("equiformer", modelPath=pair_model)
     mixed = potential.createMixedSystem(top, mm_system, mol_a, implementation=implementation)
     assert mixed.usesPeriodicBoundaryConditions()
-    energy, forces = evaluate(mixed, pos / 10)
-    e_mm, f_mm = evaluate(_expected_mixed(mm_system, mol_a), pos / 10)
-    ref = reference_pair([symbols[k] for k in mol_a], pos[mol_a], cell, 3.0)
-    f_ml = np.zeros_like(f_mm)
-    f_ml[mol_a] = ref["forces"] * 964.8533212331002
-    assert_matches(energy, forces, e_mm + ref["energy"] * 96.48533212331002, f_mm + f_ml, 1e-8)
+    _check_mixed(mixed, mm_system, mol_a, symbols, pos, cell)
 
 
 def test_openmmml_interpolation(pair_model):
@@ -569,7 +540,7 @@ def test_openmmml_interpolation(pair_model):
     from openmmml import MLPotential
     symbols = ["C", "H", "O", "C", "H", "O", "H", "H", "C", "O"]
     rng = np.random.default_rng(15)
-    pos = _spread(rng, len(symbols), lambda m: rng.random((m, 3)) * 5.0, 1.0)
+    pos = spread(rng, len(symbols), lambda m: rng.random((m, 3)) * 5.0, 1.0)
     top, mm_system, mol_a, _ = _two_molecule_mm(symbols)
     potential = MLPotential("equiformer", modelPath=pair_model, implementation="pythonforce")
     mixed = potential.createMixedSystem(top, mm_system, mol_a, interpolate=True)

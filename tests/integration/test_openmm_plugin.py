@@ -16,6 +16,8 @@ torch = pytest.importorskip("torch")  # before openmm (see equiformer.openmm.com
 openmm = pytest.importorskip("openmm")
 from openmm import app, unit  # noqa: E402
 
+from openmm_systems import periodic_positions  # noqa: E402
+
 pytestmark = pytest.mark.openmm
 
 try:
@@ -114,16 +116,6 @@ def box_widths(box):
     return v / np.linalg.norm(np.cross(box[[1, 2, 0]], box[[2, 0, 1]]), axis=1)
 
 
-def periodic_positions(box, n, seed=2):
-    rng = np.random.default_rng(seed)
-    pos = []
-    while len(pos) < n:
-        x = rng.random(3) @ box + rng.integers(-1, 2, 3) @ box  # some outside the cell
-        if all(np.linalg.norm(x - p) > 0.08 for p in pos):
-            pos.append(x)
-    return np.array(pos)
-
-
 # --------------------------------------------------------------------------------------------
 # agreement with the ASE calculator
 
@@ -147,7 +139,7 @@ def test_triclinic_box_matches_ase(model, box, platform):
     if box is SMALL:
         assert widths.max() < 2 * CUTOFF_NM  # several images of a neighbour inside the cutoff
     symbols = SYMBOLS[:8] if box is SMALL else SYMBOLS * 2
-    pos = periodic_positions(box, len(symbols))
+    pos = periodic_positions(box, len(symbols), 0.08)
     system = make_system(len(symbols), box)
     system.addForce(EquiformerForce(model, [Z[s] for s in symbols], periodic=True))
     energy, forces = evaluate(system, pos, platform)
@@ -218,7 +210,7 @@ def test_ml_subset(model):
 def test_xml_round_trip(model):
     box = TRICLINIC
     symbols = SYMBOLS * 2
-    pos = periodic_positions(box, len(symbols))
+    pos = periodic_positions(box, len(symbols), 0.08)
     system = make_system(len(symbols), box)
     force = EquiformerForce(model, symbols, particles=list(range(len(symbols))), periodic=True,
                             precision="double", numThreads=1)
@@ -686,7 +678,8 @@ def test_cuda_platform_matches_reference(model):  # pragma: no cover - GPU machi
     the Reference platform's energy and forces, in every OpenMM precision, periodic or not."""
     from equiformer.openmm.native import cuda_platform
     platform = cuda_platform()
-    cases = [(molecule(), None), (periodic_positions(TRICLINIC, 12), TRICLINIC), (periodic_positions(SMALL, 6), SMALL)]
+    cases = [(molecule(), None), (periodic_positions(TRICLINIC, 12, 0.08), TRICLINIC),
+             (periodic_positions(SMALL, 6, 0.08), SMALL)]
     for pos, box in cases:
         system = make_system(len(pos), box=box)
         system.addForce(EquiformerForce(model, [SYMBOLS[k % len(SYMBOLS)] for k in range(len(pos))],

@@ -11,6 +11,7 @@ from equiformer.data import keys
 from equiformer.data.atoms import atoms_to_graph, collate
 from equiformer.export.torchscript import EquiformerEngineModel
 from equiformer.model import DEFAULTS, PRESETS, build_model, resolve_hparams
+from model_variants import random_molecule, strain_derivative
 
 SPECIES = ["H", "C", "O"]
 E3 = {  # E(3): odd vectors, harmonics with '1o' labels
@@ -41,14 +42,7 @@ def model_e3():
 
 def molecule(seed=0, n=8, box=3.2, min_dist=0.9):
     """A random (hence chiral) molecule with no two atoms closer than min_dist."""
-    rng = np.random.default_rng(seed)
-    pos = []
-    while len(pos) < n:
-        p = rng.uniform(0.0, box, 3)
-        if all(np.linalg.norm(p - q) >= min_dist for q in pos):
-            pos.append(p)
-    symbols = [SPECIES[i % 3] for i in range(n)]
-    return Atoms(symbols, positions=np.array(pos))
+    return random_molecule(seed, n, box, min_dist, SPECIES)
 
 
 def triclinic(seed=0):
@@ -221,18 +215,7 @@ def test_stress_is_strain_derivative(model):
     out = evaluate(model, atoms, stress=True)
     stress = out[keys.STRESS][0].numpy()
     volume = atoms.get_volume()
-    h = 1e-5
-    fd = np.zeros((3, 3))
-    for i in range(3):
-        for j in range(3):
-            es = []
-            for s in (1.0, -1.0):
-                eps = np.eye(3)
-                eps[i, j] += s * h
-                strained = atoms.copy()
-                strained.set_cell(atoms.cell.array @ eps, scale_atoms=True)
-                es.append(energy(model, strained))
-            fd[i, j] = (es[0] - es[1]) / (2 * h) / volume
+    fd = np.array([[strain_derivative(lambda a: energy(model, a), atoms, i, j) for j in range(3)] for i in range(3)])
     assert np.abs(stress).max() > 1e-4
     assert_close(stress, fd, 1e-6, "stress vs finite strain")
     # virial = -stress * volume, symmetric for a rotation-invariant energy
@@ -246,16 +229,8 @@ def test_stress_small_cell_with_self_images(model):
     atoms = Atoms("CO", scaled_positions=[[0.0, 0.0, 0.0], [0.45, 0.5, 0.55]],
                   cell=[[2.6, 0.0, 0.0], [0.3, 2.5, 0.0], [0.2, -0.4, 2.7]], pbc=True)
     stress = evaluate(model, atoms, stress=True)[keys.STRESS][0].numpy()
-    h = 1e-5
     for i, j in [(0, 0), (0, 1), (2, 1)]:
-        es = []
-        for s in (1.0, -1.0):
-            eps = np.eye(3)
-            eps[i, j] += s * h
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell.array @ eps, scale_atoms=True)
-            es.append(energy(model, strained))
-        fd = (es[0] - es[1]) / (2 * h) / atoms.get_volume()
+        fd = strain_derivative(lambda a: energy(model, a), atoms, i, j)
         assert abs(stress[i, j] - fd) <= 1e-6 * max(1.0, abs(fd)), (i, j, stress[i, j], fd)
 
 

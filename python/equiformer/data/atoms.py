@@ -88,38 +88,34 @@ def read_targets(
     out: Dict[str, torch.Tensor] = {}
     loc = f" ({where})" if where else ""
 
-    def missing(kind: str, key: str):
-        return ValueError(
-            f"{kind} key {key!r} not found{loc}; available keys: {_available(atoms)}. "
-            f"Set the data.{kind}_key option to the right name, or set the {kind} loss weight to 0"
-        )
+    def lookup(kind: str, key: str, per_atom: bool):
+        value = _lookup(atoms, key, per_atom=per_atom)
+        if value is None:
+            raise ValueError(
+                f"{kind} key {key!r} not found{loc}; available keys: {_available(atoms)}. "
+                f"Set the data.{kind}_key option to the right name, or set the {kind} loss weight to 0"
+            )
+        return value
+
+    def finite(arr: np.ndarray, what: str) -> np.ndarray:
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what}{loc}: NaN or infinite values")
+        return arr
 
     n = len(atoms)
     if energy_key is not None:
-        value = _lookup(atoms, energy_key, per_atom=False)
-        if value is None:
-            raise missing("energy", energy_key)
+        value = lookup("energy", energy_key, per_atom=False)
         arr = np.asarray(value, dtype=np.float64).reshape(-1)
         if arr.size != 1 or not np.isfinite(arr).all():
             raise ValueError(f"energy {energy_key!r}{loc} must be one finite number, got {value!r}")
         out[keys.ENERGY] = torch.tensor(arr, dtype=torch.float64)
     if forces_key is not None:
-        value = _lookup(atoms, forces_key, per_atom=True)
-        if value is None:
-            raise missing("forces", forces_key)
-        arr = np.asarray(value, dtype=np.float64)
+        arr = np.asarray(lookup("forces", forces_key, per_atom=True), dtype=np.float64)
         if arr.shape != (n, 3):
             raise ValueError(f"forces {forces_key!r}{loc} must have shape [{n}, 3], got {list(arr.shape)}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"forces {forces_key!r}{loc} contain NaN or infinite values")
-        out[keys.FORCES] = torch.tensor(arr, dtype=torch.float64)
+        out[keys.FORCES] = torch.tensor(finite(arr, f"forces {forces_key!r}"), dtype=torch.float64)
     if stress_key is not None:
-        value = _lookup(atoms, stress_key, per_atom=False)
-        if value is None:
-            raise missing("stress", stress_key)
-        arr = _stress_to_3x3(value, loc)
-        if not np.isfinite(arr).all():
-            raise ValueError(f"stress {stress_key!r}{loc} contains NaN or infinite values")
+        arr = finite(_stress_to_3x3(lookup("stress", stress_key, per_atom=False), loc), f"stress {stress_key!r}")
         out[keys.STRESS] = torch.tensor(arr, dtype=torch.float64).unsqueeze(0)
     return out
 

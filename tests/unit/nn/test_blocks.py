@@ -209,16 +209,23 @@ def _frames(node, vec):
     return EdgeFrame(max(l for _, l, _ in blocks(node)))(vec)
 
 
+def _attention_case(variant, nonlinear=True, rescale=False):
+    """A graph attention of the variant's irreps (seeded), node features of 6 atoms, and
+    the graph inputs (vec, src, dst, sh, basis, weight)."""
+    _, node, sh_irreps, head, _, _ = variant
+    torch.manual_seed(0)
+    ga = GraphAttention(blocks(node), blocks(sh_irreps), blocks(node), blocks(head), 2, [8, 8, 8],
+                        nonlinear, rescale).to(DT)
+    inputs = _graph_inputs(sh_irreps)
+    return ga, _rand(6, node), inputs
+
+
 @pytest.mark.parametrize("rescale", [False, True], ids=["plain", "rescale_degree"])
 @pytest.mark.parametrize("nonlinear", [True, False], ids=["nonlinear", "linear"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_graph_attention_equivariant(variant, nonlinear, rescale):
     _, node, sh_irreps, head, _, e3 = variant
-    torch.manual_seed(0)
-    ga = GraphAttention(blocks(node), blocks(sh_irreps), blocks(node), blocks(head), 2, [8, 8, 8],
-                        nonlinear, rescale).to(DT)
-    vec, src, dst, sh, basis, weight = _graph_inputs(sh_irreps)
-    x = _rand(6, node)
+    ga, x, (vec, src, dst, sh, basis, weight) = _attention_case(variant, nonlinear, rescale)
     ref = ga(x, src, dst, sh(vec), basis, weight, [])
     assert ref.shape == x.shape
     # the edge-frame path is the same function
@@ -233,12 +240,7 @@ def test_graph_attention_equivariant(variant, nonlinear, rescale):
 
 
 def test_graph_attention_permutation_equivariant():
-    _, node, sh_irreps, head, _, _ = VARIANTS[1]
-    torch.manual_seed(0)
-    ga = GraphAttention(blocks(node), blocks(sh_irreps), blocks(node), blocks(head), 2, [8, 8, 8], True,
-                        False).to(DT)
-    vec, src, dst, sh, basis, weight = _graph_inputs(sh_irreps)
-    x = _rand(6, node)
+    ga, x, (vec, src, dst, sh, basis, weight) = _attention_case(VARIANTS[1])
     ref = ga(x, src, dst, sh(vec), basis, weight, [])
     perm = torch.randperm(6)
     inv = torch.argsort(perm)  # new index of old atom i is inv[i]
@@ -249,13 +251,8 @@ def test_graph_attention_permutation_equivariant():
 
 def test_graph_attention_zero_weight_edges_are_ignored():
     """An edge with cutoff weight 0 has no effect, whatever its features."""
-    _, node, sh_irreps, head, _, _ = VARIANTS[0]
-    torch.manual_seed(0)
-    ga = GraphAttention(blocks(node), blocks(sh_irreps), blocks(node), blocks(head), 2, [8, 8, 8], True,
-                        False).to(DT)
-    vec, src, dst, sh, basis, weight = _graph_inputs(sh_irreps)
+    ga, x, (vec, src, dst, sh, basis, weight) = _attention_case(VARIANTS[0])
     keep = weight > 0
-    x = _rand(6, node)
     full = ga(x, src, dst, sh(vec), basis, weight, [])
     pruned = ga(x, src[keep], dst[keep], sh(vec[keep]), basis[keep], weight[keep], [])
     _close(full, pruned)

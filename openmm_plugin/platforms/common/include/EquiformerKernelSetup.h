@@ -5,14 +5,20 @@
 
 #include "EquiformerForce.h"
 #include "equiformer/runtime.h"
+#include "openmm/KernelFactory.h"
 #include "openmm/System.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace EquiformerOpenMM {
+
+// Each plugin library's registerKernelFactories(): registers, on every platform loaded so far,
+// the factory that MAKE returns for the platform's name (nullptr: not a platform of this library).
+void registerFactoryOnPlatforms(const std::function<OpenMM::KernelFactory *(const std::string &)> &make);
 
 struct EquiformerKernelSetup {
   std::unique_ptr<equiformer::Model> model;

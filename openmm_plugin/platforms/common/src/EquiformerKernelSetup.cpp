@@ -1,7 +1,9 @@
 #include "EquiformerKernelSetup.h"
 
+#include "EquiformerKernels.h"
 #include "equiformer/neighbors.h"
 #include "openmm/OpenMMException.h"
+#include "openmm/Platform.h"
 
 #include <iostream>
 #include <sstream>
@@ -12,6 +14,15 @@ using OpenMM::OpenMMException;
 using OpenMM::Vec3;
 
 std::string equiformerFailure(const std::string &what) { return "EquiformerForce: " + what; }
+
+void registerFactoryOnPlatforms(const std::function<OpenMM::KernelFactory *(const std::string &)> &make)
+{
+  for (int i = 0; i < OpenMM::Platform::getNumPlatforms(); ++i) {
+    OpenMM::Platform &platform = OpenMM::Platform::getPlatform(i);
+    if (OpenMM::KernelFactory *factory = make(platform.getName()))
+      platform.registerKernelFactory(CalcEquiformerForceKernel::Name(), factory);
+  }
+}
 
 void EquiformerKernelSetup::initialize(const OpenMM::System &system, const EquiformerForce &force,
                                        const std::string &device)

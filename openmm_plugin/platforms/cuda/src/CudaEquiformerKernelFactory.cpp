@@ -36,10 +36,7 @@ extern "C" EQUIFORMER_OPENMM_EXPORT void registerPlatforms() {}
 
 extern "C" EQUIFORMER_OPENMM_EXPORT void registerKernelFactories()
 {
-  using namespace EquiformerOpenMM;
-  for (int i = 0; i < OpenMM::Platform::getNumPlatforms(); ++i) {
-    OpenMM::Platform &platform = OpenMM::Platform::getPlatform(i);
-    if (platform.getName() == "CUDA")
-      platform.registerKernelFactory(CalcEquiformerForceKernel::Name(), new CudaEquiformerKernelFactory());
-  }
+  EquiformerOpenMM::registerFactoryOnPlatforms([](const std::string &name) -> OpenMM::KernelFactory * {
+    return name == "CUDA" ? new EquiformerOpenMM::CudaEquiformerKernelFactory() : nullptr;
+  });
 }

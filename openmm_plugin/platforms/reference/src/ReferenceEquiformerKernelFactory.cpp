@@ -35,12 +35,8 @@ extern "C" EQUIFORMER_OPENMM_EXPORT void registerPlatforms() {}
 
 extern "C" EQUIFORMER_OPENMM_EXPORT void registerKernelFactories()
 {
-  using namespace EquiformerOpenMM;
-  for (int i = 0; i < OpenMM::Platform::getNumPlatforms(); ++i) {
-    OpenMM::Platform &platform = OpenMM::Platform::getPlatform(i);
-    const std::string &name = platform.getName();
-    if (name == "Reference" || name == "CPU")
-      platform.registerKernelFactory(CalcEquiformerForceKernel::Name(),
-                                     new ReferenceEquiformerKernelFactory(name == "CPU"));
-  }
+  EquiformerOpenMM::registerFactoryOnPlatforms([](const std::string &name) -> OpenMM::KernelFactory * {
+    if (name != "Reference" && name != "CPU") return nullptr;
+    return new EquiformerOpenMM::ReferenceEquiformerKernelFactory(name == "CPU");
+  });
 }
