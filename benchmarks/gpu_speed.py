@@ -48,7 +48,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from lammps_scaling import write_data  # noqa: E402  (the LAMMPS data file of every copper benchmark)
+from lammps_scaling import MD_HEADER, MD_SETUP, write_data  # noqa: E402  (shared by the copper LAMMPS benchmarks)
 
 PRESET, SPECIES, CUTOFF = "md17-l2", ["Cu"], 5.0
 ROUTES = ("matmul", "bare", "tf32", "lammps", "openmm", "official")
@@ -353,11 +353,8 @@ def lammps_rows(args, device, dtype, path, bare):
     with tempfile.TemporaryDirectory() as d:
         write_data(os.path.join(d, "data.lmp"), atoms, "copper (gpu_speed.py)")
         for mode in args.lammps_modes:
-            script = ("units metal\natom_style atomic\nboundary p p p\nread_data data.lmp\n"
-                      f"pair_style equiformer device {device.type} mode {mode}\npair_coeff * * {path} Cu\n"
-                      "neighbor 1.0 bin\nneigh_modify every 1 delay 0 check yes\n"
-                      "velocity all create 300 4928459 mom yes rot no\nfix nve all nve\ntimestep 0.001\n"
-                      f"thermo {args.md_steps}\nrun {args.md_warmup}\nrun {args.md_steps}\n")
+            script = (MD_HEADER + f"pair_style equiformer device {device.type} mode {mode}\npair_coeff * * {path} Cu\n"
+                      + MD_SETUP + f"thermo {args.md_steps}\nrun {args.md_warmup}\nrun {args.md_steps}\n")
             with open(os.path.join(d, "in.lmp"), "w") as f:
                 f.write(script)
             env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))

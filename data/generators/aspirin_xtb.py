@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from equiformer.data.dataset import file_fingerprint  # noqa: E402
+from equiformer.files import sha256_of  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.dirname(HERE)
@@ -220,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ase.io.write(path + ".tmp", sel, format="extxyz")
         os.replace(path + ".tmp", path)
         out[split] = {"path": os.path.relpath(path, DATA), "structures": len(sel), "bytes": os.path.getsize(path),
-                      "sha256": file_fingerprint(path)["sha256"]}
+                      "sha256": sha256_of(path)}
     prov = {
         "dataset": "aspirin_xtb",
         "method": "GFN2-xTB (tblite ASE calculator), Langevin MD (ASE), dt 0.5 fs, friction 0.01/fs",

@@ -28,7 +28,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from equiformer.data.dataset import file_fingerprint
+from equiformer.files import sha256_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.dirname(HERE)
@@ -261,7 +261,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_compact(path, frames)
         out[split] = {"path": os.path.relpath(path, DATA), "structures": len(frames),
                       "atoms": int(sum(len(f) for f in frames)), "bytes": os.path.getsize(path),
-                      "sha256": file_fingerprint(path)["sha256"]}
+                      "sha256": sha256_of(path)}
     prov = {
         "dataset": "cu_eam",
         "method": "EAM Cu_u3.eam (pair_style eam, units metal), LAMMPS MD, dt 1 fs",

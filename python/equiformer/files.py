@@ -1,8 +1,18 @@
-"""Integrity of the files this package reads: checkpoints and exported models are zip
+"""Integrity of the files this package reads (and their hashes, for provenance records): checkpoints and exported models are zip
 archives that store a CRC-32 per entry, which neither `torch.load` nor `torch.jit.load`
 checks; a file with flipped bytes would otherwise load and give other numbers."""
 
+import hashlib
 import zipfile
+
+
+def sha256_of(path: str) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class CorruptFileError(ValueError):

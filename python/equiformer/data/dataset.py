@@ -6,7 +6,6 @@ with an optional shuffle whose order depends only on ``(seed, epoch)``, so an in
 training run resumes on exactly the same batches.
 """
 
-import hashlib
 import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -15,6 +14,7 @@ import torch
 
 from equiformer.data import keys
 from equiformer.data.atoms import atoms_to_graph, collate
+from equiformer.files import sha256_of
 
 __all__ = [
     "read_structures",
@@ -63,11 +63,7 @@ def infer_species(frames: Sequence) -> List[str]:
 def file_fingerprint(path: PathLike) -> Dict[str, object]:
     """Provenance record of a data file: absolute path, size and SHA-256."""
     path = os.fspath(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return {"path": os.path.abspath(path), "size": os.path.getsize(path), "sha256": h.hexdigest()}
+    return {"path": os.path.abspath(path), "size": os.path.getsize(path), "sha256": sha256_of(path)}
 
 
 class GraphDataset:
