@@ -16,7 +16,9 @@ For an untrained Equiformer at the paper's MD17 L2 settings (preset md17-l2, see
             doubling also stops at --max-call-s or when the time budget is spent: the row says
             which): time, atom-steps/s, peak GPU memory (torch.cuda.max_memory_allocated), the
             model's FLOPs (torch.utils.flop_counter on the forward, x3 for forward + backward)
-            per second and their fraction of the measured matmul throughput
+            per second and their fraction of the measured matmul throughput; with --pt2 PACKAGE
+            also the compiled .pt2 package of the same model (engine "pt2", issue 14), whose
+            compile time and size come from --compile-pt2's record beside it
   lammps    the time per MD step of `pair_style equiformer device cuda mode map` (NVE, 1 rank)
             against the bare call of the same exported file on the same structure (target <= 1.10)
   openmm    the time per step of the native OpenMM EquiformerForce on the CUDA platform (and of
@@ -28,6 +30,8 @@ For an untrained Equiformer at the paper's MD17 L2 settings (preset md17-l2, see
   official  the official Equiformer code (a checkout's nets/, pure-torch stand-ins for its
             compiled dependencies, benchmarks/official_standins) on the same positions, on the
             same device; it has no periodic boundaries, so its graph is the open cluster's
+--compile-pt2 PACKAGE compiles that .pt2 for --device and --dtype and exits (gpu_check.sh runs
+it in the background during the build, so the benchmark only times it).
 --routes picks among them. Writes a JSON file (all rows, the environment) and markdown rows for
 docs/benchmarks.md. The weights are random: timings only.
 """
@@ -196,6 +200,13 @@ class Bare:
         if args.single_pass_gb is not None:
             self.exported.chunked_edges = self.threshold
         log(f"single-pass route up to {self.threshold} edges (eager and exported), then chunked")
+        self.engines = {"eager": self.eager, "exported": self.exported}
+        if args.pt2:
+            if os.path.isfile(args.pt2):
+                self.engines["pt2"] = load_engine_model(args.pt2, device)
+                log(f"timing the compiled package {args.pt2} as engine pt2 (one pass at every size)")
+            else:
+                log(f"no compiled package at {args.pt2} (its compile failed or did not finish): no pt2 rows")
         self.last = {}  # engine -> (atoms, seconds) of the last measured size
 
     def measure(self, reps, engines, flops=True):
@@ -213,10 +224,14 @@ class Bare:
                 log(f"flop count failed at {n} atoms: {type(exc).__name__}: {str(exc)[:200]}")
             reset_peak(device)
         rows = []
+        energies = {}
         for name in engines:
-            engine = self.eager if name == "eager" else self.exported
+            if name not in self.engines:
+                continue
+            engine = self.engines[name]
+            chunked = name != "pt2" and 0 <= self.threshold < edges
             row = {"atoms": n, "cells": list(reps), "edges": edges, "engine": name, "dtype": args.dtype,
-                   "device": str(device), "route": "chunked" if 0 <= self.threshold < edges else "one pass"}
+                   "device": str(device), "route": "chunked" if chunked else "one pass"}
             reset_peak(device)
             try:
                 sec = timed(lambda: engine(species, index, vec, n), device, args.warmup, args.repeats,
@@ -234,6 +249,11 @@ class Bare:
                 row["tflops"] = count / sec / 1e12
                 if self.sgemm:
                     row["fraction_of_sgemm"] = row["tflops"] / self.sgemm
+            # the engines must agree (same weights): a fast wrong package would show here
+            energies[name] = float(engine(species, index, vec, n)["energy"])
+            if name != "exported" and "exported" in energies:
+                ref = energies["exported"]
+                row["energy_rel_diff_vs_exported"] = abs(energies[name] - ref) / max(abs(ref), 1e-30)
             rows.append(row)
             self.last[name] = (n, sec)
             log(f"{n:>8} atoms {edges:>10} edges {name:>8} {row['route']:>8}: {row['ms']:10.1f} ms "
@@ -245,11 +265,12 @@ class Bare:
 
     def listed(self, budget):
         rows = []
+        engines = ["exported"] + [e for e in self.args.engines if e != "exported"]  # the reference first
         for n in self.args.sizes:
             if budget.left() < self.args.reserve:
                 rows.append({"atoms": n, "skipped": "time budget spent"})
                 continue
-            rows += self.measure(cells_for(n), self.args.engines)
+            rows += self.measure(cells_for(n), engines)
         return rows
 
     def largest(self, budget):
@@ -279,6 +300,40 @@ class Bare:
             rows += got
             if any(r.get("error") == "out of memory" for r in got):
                 return rows, f"out of GPU memory at {n} atoms"
+
+
+def compile_pt2(args, device, dtype):
+    """--compile-pt2: the benchmark's model as a .pt2 package for this device, with a record
+    of its compile time and size beside it (PACKAGE.json), read by the timing run."""
+    from equiformer.export.torchscript import export_model
+
+    path = args.compile_pt2
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    model = build(dtype, torch.device("cpu"))
+    t = time.perf_counter()
+    export_model(model, path, args.dtype, device=str(device))
+    record = {"package": os.path.basename(path), "compile_s": time.perf_counter() - t,
+              "size_mb": os.path.getsize(path) / 1e6, "torch": torch.__version__, "device": str(device),
+              "dtype": args.dtype, "preset": PRESET}
+    with open(path + ".json", "w") as f:
+        json.dump(record, f, indent=1)
+    log(f"compiled {path}: {record['compile_s']:.0f} s, {record['size_mb']:.1f} MB")
+    return 0
+
+
+def pt2_record(args, bare):
+    """The compile record of --pt2 (from --compile-pt2), with the TorchScript file's size."""
+    if not args.pt2:
+        return None
+    record = {"package": args.pt2}
+    if os.path.isfile(args.pt2 + ".json"):
+        with open(args.pt2 + ".json") as f:
+            record.update(json.load(f))
+    if not os.path.isfile(args.pt2):
+        record["error"] = "no package: its compile failed or did not finish in time (see the check's log)"
+    if bare is not None and os.path.isfile(bare.path):
+        record["torchscript_mb"] = os.path.getsize(bare.path) / 1e6
+    return record
 
 
 # ------------------------------------------------------------------------------------ ratios
@@ -344,7 +399,9 @@ def find_lmp(args):
     return None
 
 
-def lammps_rows(args, device, dtype, path, bare):
+def lammps_rows(args, device, dtype, path, bare, modes=None):
+    modes = modes or args.lammps_modes
+    fmt = ".pt2" if path.endswith(".pt2") else ".pt"
     lmp = find_lmp(args)
     if lmp is None:
         return [{"route": "lammps", "skipped": "no lmp (--lmp, $EQUIFORMER_LMP or .venv/bin/lmp)"}]
@@ -352,13 +409,14 @@ def lammps_rows(args, device, dtype, path, bare):
     rows = []
     with tempfile.TemporaryDirectory() as d:
         write_data(os.path.join(d, "data.lmp"), atoms, "copper (gpu_speed.py)")
-        for mode in args.lammps_modes:
+        for mode in modes:
             script = (MD_HEADER + f"pair_style equiformer device {device.type} mode {mode}\npair_coeff * * {path} Cu\n"
                       + MD_SETUP + f"thermo {args.md_steps}\nrun {args.md_warmup}\nrun {args.md_steps}\n")
             with open(os.path.join(d, "in.lmp"), "w") as f:
                 f.write(script)
             env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-            row = {"route": "lammps", "mode": mode, "ranks": 1, "atoms": len(atoms), "device": str(device)}
+            row = {"route": "lammps", "mode": mode, "ranks": 1, "atoms": len(atoms), "device": str(device),
+                   "file": fmt}
             proc = subprocess.run([lmp, "-in", "in.lmp", "-log", "none", "-nocite"], cwd=d, capture_output=True,
                                   text=True, env=env, timeout=args.md_timeout)
             loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", proc.stdout)
@@ -370,7 +428,7 @@ def lammps_rows(args, device, dtype, path, bare):
             step = float(loops[-1][0]) / int(loops[-1][1])
             row.update(step_ms=1e3 * step, bare_ms=1e3 * bare, ratio=step / bare)
             rows.append(row)
-            log(f"LAMMPS mode {mode}, 1 rank, {len(atoms)} atoms: {row['step_ms']:.2f} ms/step, bare "
+            log(f"LAMMPS mode {mode} ({fmt}), 1 rank, {len(atoms)} atoms: {row['step_ms']:.2f} ms/step, bare "
                 f"{row['bare_ms']:.2f} ms, ratio {row['ratio']:.3f}")
     return rows
 
@@ -522,12 +580,28 @@ def markdown(result):
             out.append("")
             out.append(f"Doubling stopped: {result['largest_stop']}.")
         out.append("")
+    pt2 = result.get("pt2")
+    if pt2:
+        if "compile_s" in pt2:
+            out.append(f"Compiled package ({pt2['package']}, torch {pt2['torch']}, {pt2['device']}): compile "
+                       f"{pt2['compile_s']:.0f} s, {pt2['size_mb']:.1f} MB"
+                       + (f" (TorchScript file {pt2['torchscript_mb']:.1f} MB)" if "torchscript_mb" in pt2 else "") + ".")
+        if "error" in pt2:
+            out.append(f"Compiled package: {pt2['error']}.")
+        pairs = pt2_pairs(result)
+        if pairs:
+            out += ["", "| atoms | TorchScript ms | .pt2 ms | .pt2 speed-up | .pt2 peak GB | energy rel. diff |",
+                    "|---|---|---|---|---|---|"]
+            for ts, c in pairs:
+                out.append(f"| {c['atoms']} | {ts['ms']:.1f} | {c['ms']:.1f} | {ts['ms'] / c['ms']:.2f}x | "
+                           f"{c['peak_gb']:.2f} | {c.get('energy_rel_diff_vs_exported', float('nan')):.1e} |")
+        out.append("")
     ratios = result.get("ratios", [])
     if ratios:
         out += ["| engine | atoms | step ms | bare call ms | step / bare (target <= 1.10) |", "|---|---|---|---|---|"]
         for r in ratios:
             name = r["route"] + (f" mode {r['mode']}, 1 rank" if "mode" in r else "") + \
-                (f" ({r['platform']})" if "platform" in r else "")
+                (f" ({r['platform']})" if "platform" in r else "") + (f", {r['file']} file" if "file" in r else "")
             if "ratio" in r:
                 out.append(f"| {name} | {r['atoms']} | {r['step_ms']:.2f} | {r['bare_ms']:.2f} | {r['ratio']:.3f} |")
             else:
@@ -559,6 +633,13 @@ def markdown(result):
     return "\n".join(out)
 
 
+def pt2_pairs(result):
+    """(TorchScript row, .pt2 row) of each size where both were timed."""
+    rows = [r for r in result.get("bare", []) if "ms" in r]
+    ts = {r["atoms"]: r for r in rows if r["engine"] == "exported"}
+    return [(ts[r["atoms"]], r) for r in rows if r["engine"] == "pt2" and r["atoms"] in ts]
+
+
 def summary_lines(result):
     lines = []
     mm = result.get("matmul")
@@ -577,8 +658,16 @@ def summary_lines(result):
         best = min(r["atom_steps_s"] for r in target)
         lines.append(f"target >= 5e4 atom-steps/s at 4,000+ atoms (exported): lowest {best:.3g} -> "
                      + ("met" if best >= 5e4 else "NOT met"))
+    pt2 = result.get("pt2")
+    if pt2:
+        lines.append(f".pt2: {pt2['error']}" if "error" in pt2 else
+                     f".pt2 compiled in {pt2.get('compile_s', float('nan')):.0f} s, {pt2.get('size_mb', float('nan')):.1f} MB")
+        for ts, c in pt2_pairs(result):
+            lines.append(f".pt2 vs TorchScript at {c['atoms']} atoms: {ts['ms'] / c['ms']:.2f}x "
+                         f"({c['ms']:.1f} vs {ts['ms']:.1f} ms), energy rel. diff "
+                         f"{c.get('energy_rel_diff_vs_exported', float('nan')):.1e}")
     for r in result.get("ratios", []):
-        name = r["route"] + (f" {r['mode']}" if "mode" in r else "")
+        name = r["route"] + (f" {r['mode']}" if "mode" in r else "") + (f" {r['file']}" if "file" in r else "")
         if "ratio" in r:
             lines.append(f"{name}: step/bare {r['ratio']:.3f} (target <= 1.10: {'met' if r['ratio'] <= 1.10 else 'NOT met'})")
         else:
@@ -598,7 +687,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:K or cpu (dry run)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (the CPU dry run)")
     p.add_argument("--routes", default="matmul,bare,lammps,openmm,official")
-    p.add_argument("--engines", default="eager,exported")
+    p.add_argument("--engines", default="eager,exported", help="eager, exported and pt2 (needs --pt2)")
+    p.add_argument("--pt2", metavar="PACKAGE", help="a .pt2 of the same model (--compile-pt2) to time as engine pt2")
+    p.add_argument("--compile-pt2", metavar="PACKAGE", help="compile the model to PACKAGE for --device, then exit")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--sizes", type=int, nargs="+", help="atoms, each 4 k^3 (default 500 4000 32000)")
     p.add_argument("--no-largest", dest="largest", action="store_false",
@@ -643,6 +734,8 @@ def main(argv=None):
     args.lammps_modes = args.lammps_modes.split(",")
     args.openmm_routes = args.openmm_routes.split(",")
     args.engines = args.engines.split(",")
+    if args.pt2 and "pt2" not in args.engines:
+        args.engines.append("pt2")
     routes = args.routes.split(",")
     for r in routes:
         if r not in ROUTES:
@@ -657,6 +750,8 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    if args.compile_pt2:
+        return compile_pt2(args, device, dtype)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     result = {"env": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": gpu,
                       "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
@@ -694,6 +789,7 @@ def main(argv=None):
             failed.append("bare")
             result["bare"] = [{"atoms": 0, "error": f"{type(exc).__name__}: {exc}"[:400]}]
             log(f"bare: {type(exc).__name__}: {exc}")
+        result["pt2"] = pt2_record(args, bare_engine)
         save()
     if "tf32" in routes:
         result["tf32"] = tf32_rows(args, device)
@@ -709,6 +805,17 @@ def main(argv=None):
             if "lammps" in routes:
                 result["ratios"] += lammps_rows(args, device, dtype, path, bare)
                 save()
+                if args.pt2 and os.path.isfile(args.pt2):  # the compiled package in the pair style
+                    try:
+                        bare2, _ = bare_call_s(args.pt2, copper(cells_for(args.ratio_atoms)), dtype, device, args)
+                        log(f"bare call of the .pt2, {args.ratio_atoms} atoms: {1e3 * bare2:.2f} ms")
+                        result["ratios"] += lammps_rows(args, device, dtype, args.pt2, bare2, ["map"])
+                    except Exception as exc:  # noqa: BLE001
+                        err = "out of memory" if is_oom(exc) else f"{type(exc).__name__}: {exc}"[:300]
+                        result["ratios"].append({"route": "lammps", "mode": "map", "file": ".pt2",
+                                                 "atoms": args.ratio_atoms, "skipped": f".pt2 bare call: {err}"})
+                        reset_peak(device)
+                    save()
             if "openmm" in routes:
                 result["ratios"] += openmm_rows(args, device, dtype, path, bare)
         except Exception as exc:  # noqa: BLE001
