@@ -167,10 +167,10 @@ if [ $((tree_bytes + all)) -gt $((62 * 1048576)) ]; then
 fi
 cat <<EOF
 
-Device check (tool \`run\`; one call of about 8 minutes plus the machine's start; results in \$OUT):
+Device check (tool \`run\`; one call of at most 8 minutes plus the machine's start; results in \$OUT):
   command:   bash scripts/gpu_check.sh --out \$OUT
   carry:     [".gpu-bundle"]
-  timeout_s: 570
+  timeout_s: 540
 A rerun of one part on the still-warm machine (build-gpu/ and the prefix are kept there):
   command:   bash scripts/gpu_check.sh --part openmm --out \$OUT    carry: [".gpu-bundle/common", ".gpu-bundle/openmm"]   timeout_s: 400
   command:   bash scripts/gpu_check.sh --part lammps --out \$OUT    carry: [".gpu-bundle/common", ".gpu-bundle/lammps"]   timeout_s: 300

@@ -29,9 +29,9 @@
 #
 # Written to --out (default $OUT, else ./gpu-check-out), at most 8 files: summary.txt,
 # summary.json, log.txt (every step's output), tests.xml (JUnit), gpu_speed.json, gpu_speed.md.
-# Time: about 9 minutes on the H200 (the steps have timeouts; --budget S is the whole run's,
-# default 560 s for --part all, 330 openmm, 240 lammps, 3600 with --cpu; the tests leave the
-# benchmark at least 170 s, and it gets what is left).
+# Time: at most 8 minutes on the H200 (the steps have timeouts; --budget S is the whole run's,
+# default 480 s for --part all, 330 openmm, 240 lammps, 3600 with --cpu; the tests leave the
+# benchmark at least 140 s, and it gets what is left).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -79,7 +79,7 @@ else
   build=${GPU_CHECK_BUILD:-$root/build-gpu}
   # the whole run on the H200: --part all 8 min; a part alone less (a warm machine keeps
   # build-gpu/ and the prefix, so a rerun of one part skips most of the build)
-  case $part in all) budget=${budget:-560} ;; openmm) budget=${budget:-330} ;; lammps) budget=${budget:-240} ;; esac
+  case $part in all) budget=${budget:-480} ;; openmm) budget=${budget:-330} ;; lammps) budget=${budget:-240} ;; esac
   slow=${GPU_CHECK_SLOW:-1}
   [ $build_omt = auto ] && build_omt=yes
   [ $build_pt2 = auto ] && build_pt2=yes
@@ -374,12 +374,12 @@ elif [ "$part" != lammps ]; then
   skip openmm-torch "$([ $cpu = 1 ] && echo "--cpu: the venv's openmmtorch (PyPI, built for its torch) is used" || echo "--no-openmm-torch")"
 fi
 step ctest 120 -- ctest --test-dir "$build" --output-on-failure -j "$jobs"
-# tests: 300 s on the GPU when time allows, leaving the benchmark >= 170 s (limits are x$slow)
-t_tests=$(( $(left) / slow > 470 ? 300 : $(left) / slow - 170 ))
+# tests: 300 s on the GPU when time allows, leaving the benchmark >= 140 s (limits are x$slow)
+t_tests=$(( $(left) / slow > 440 ? 300 : $(left) / slow - 140 ))
 step tests "$t_tests" -- do_tests
 if [ -n "$pt2_pid" ]; then
-  # the benchmark times the GPU alone: wait for the .pt2 job while the benchmark keeps >= 150 s
-  while kill -0 "$pt2_pid" 2>/dev/null && [ $(( $(left) / slow )) -gt 150 ]; do sleep 2; done
+  # the benchmark times the GPU alone: wait for the .pt2 job while the benchmark keeps >= 120 s
+  while kill -0 "$pt2_pid" 2>/dev/null && [ $(( $(left) / slow )) -gt 120 ]; do sleep 2; done
   if kill -0 "$pt2_pid" 2>/dev/null; then
     kill -TERM -- "-$pt2_pid" 2>/dev/null; sleep 3; kill -KILL -- "-$pt2_pid" 2>/dev/null
     echo "124 $(( $(date +%s) - t_start ))" > "$prefix/pt2.rc"
