@@ -11,6 +11,9 @@ count, every measurement in a fresh process (its peak resident memory, VmHWM, is
   eager        the model's own forward pass (EquiformerEngineModel, not scripted)
   torchscript  the exported .pt as the C++ runtime runs it (legacy executor)
   aoti         the compiled .pt2 (Python loader: the same compiled code the C++ runtime runs)
+--host-memory both also runs the two exported files with glibc's allocator defaults
+(EQUIFORMER_KEEP_FREED_MEMORY=0; equiformer/host_memory.py): what keeping freed memory for the
+next call buys. Eager always runs with the defaults (training does not open engine models).
 Systems: molecule (aspirin, 21 atoms, open), cluster500 (a rattled fcc copper cluster of 500
 atoms, open), cu4000 (periodic fcc copper, 10x10x10 cells, 4,000 atoms).
 
@@ -107,10 +110,11 @@ def child(args) -> int:
     return 0
 
 
-def measure(engine: str, preset: str, dtype: str, system: str, threads: int, repeats: int, path: str) -> dict:
+def measure(engine: str, preset: str, dtype: str, system: str, threads: int, repeats: int, path: str,
+            keep_freed_memory: bool = True) -> dict:
     cmd = [sys.executable, __file__, "--child", "--engine", engine, "--presets", preset, "--dtypes", dtype,
            "--systems", system, "--threads", str(threads), "--repeats", str(repeats), "--file", path]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), EQUIFORMER_KEEP_FREED_MEMORY="1" if keep_freed_memory else "0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode == -9:
         return {"error": "killed (out of memory)"}
@@ -170,6 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--systems", nargs="+", default=["molecule", "cluster500", "cu4000"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--work", default=os.path.join(ROOT, "build", "aoti-bench"))
+    p.add_argument("--host-memory", choices=["keep", "both"], default="keep",
+                   help="both: the exported files with glibc's allocator defaults too (module docstring)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--file", help=argparse.SUPPRESS)
@@ -209,6 +215,19 @@ def main(argv=None) -> int:
                           f"{ms['eager'] / ms['aoti']:>9.2f} {r['aoti']['peak_gb']:>7.2f} "
                           f"{r['torchscript']['peak_gb']:>6.2f} {flops / r['aoti']['seconds'] / 1e9:>11.1f}",
                           flush=True)
+                    if args.host_memory == "both":
+                        d = {e: measure(e, preset, dtype, system, threads, args.repeats,
+                                        files["pt2"] if e == "aoti" else files["pt"], keep_freed_memory=False)
+                             for e in ("torchscript", "aoti")}
+                        if any("error" in v for v in d.values()):
+                            print(f"{'':>10} {threads:>3} glibc defaults failed: " +
+                                  "; ".join(f"{e}: {v['error']}" for e, v in d.items() if "error" in v), flush=True)
+                            continue
+                        dm = {e: v["seconds"] * 1e3 for e, v in d.items()}
+                        print(f"{'':>10} {threads:>3} glibc defaults: TS {dm['torchscript']:.1f} ms, pt2 "
+                              f"{dm['aoti']:.1f} ms (TS/pt2 {dm['torchscript'] / dm['aoti']:.2f}); keeping freed "
+                              f"memory: TS {dm['torchscript'] / ms['torchscript']:.2f}x, pt2 "
+                              f"{dm['aoti'] / ms['aoti']:.2f}x faster", flush=True)
     return 0
 
 

@@ -4,6 +4,7 @@
 
 #include "archive.h"
 #include "device_api.h"
+#include "host_memory.h"
 #include "jit_scope.h"
 
 #include <torch/cuda.h>
@@ -408,6 +409,7 @@ struct Model::Impl {
 Model::Model(const std::string &path, const std::string &device) : impl_(new Impl)
 {
   configure_jit_once();
+  keep_freed_host_memory();
   Impl &m = *impl_;
   m.path = path;
   {

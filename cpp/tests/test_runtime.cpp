@@ -3,13 +3,18 @@
 #include "checks.h"
 #include "equiformer/runtime.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -296,6 +301,28 @@ void check_committee(const std::string &dir, const Case &c, const equiformer::Mo
                "committee_size 0");
 }
 
+// Where glibc serves a large block from, and what it keeps after the block is freed:
+// {bytes it took in mmapped regions, bytes left in its heap after the free}. {-1, -1} where
+// mallinfo2 does not exist.
+std::pair<long, long> large_block_accounting(size_t bytes)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  const struct mallinfo2 before = mallinfo2();
+  char *p = static_cast<char *>(std::malloc(bytes));
+  if (p == nullptr) return {-1, -1};
+  std::memset(p, 1, bytes);
+  const struct mallinfo2 during = mallinfo2();
+  volatile char sink = p[bytes / 2];
+  (void)sink;
+  std::free(p);
+  const struct mallinfo2 after = mallinfo2();
+  return {long(during.hblkhd) - long(before.hblkhd), long(after.arena)};
+#else
+  (void)bytes;
+  return {-1, -1};
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char **argv)
@@ -322,6 +349,19 @@ int main(int argc, char **argv)
     check(!m64.has_layer_methods(), "the pair model exports no layer methods");
     check(m64.species_index("O") == 2 && m64.species_index("Cu") == 3 && m64.species_index("N") == -1, "species_index");
     check(m64.metadata("format") == "equiformer-model" && m64.metadata("no-such-key").empty(), "metadata");
+    {
+      // loading a model keeps freed host memory for the next call (src/host_memory.cpp): a
+      // block of 256 MB comes from the heap, not from an mmap of its own, and stays in the
+      // heap after it is freed (glibc's default maps it and unmaps it on free)
+      const size_t bytes = size_t(256) << 20;
+      const auto [mapped, heap_after] = large_block_accounting(bytes);
+      if (mapped >= 0) {
+        if (mapped != 0 || heap_after < long(bytes))
+          std::cerr << "  256 MB block: " << mapped << " bytes mmapped, heap " << heap_after << " bytes after free\n";
+        check(mapped == 0, "a large block is served from the heap");
+        check(heap_after >= long(bytes), "the heap keeps a freed large block");
+      }
+    }
     check_close(m64.min_distance(), 0.5, 0, "min_distance: 0.5 Angstrom when the file does not say");
     for (const auto &c : cases) check_case(m64, c, 1e-12);
     {

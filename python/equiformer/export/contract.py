@@ -16,6 +16,7 @@ import torch
 
 from ..files import check_archive
 from ..forces import forces_and_virial
+from ..host_memory import keep_freed_memory
 
 FORMAT = "equiformer-model"
 FORMAT_VERSION = 1
@@ -203,6 +204,7 @@ def open_engine_model(path: str, device="cpu", metadata: Optional[Dict[str, str]
     from ..device import resolve_device
 
     device = resolve_device(device)
+    keep_freed_memory()  # every call then reuses the memory of the last (host_memory.py)
     if is_compiled_package(path):
         from .aoti import PackageEngineModel
 

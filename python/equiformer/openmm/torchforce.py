@@ -22,6 +22,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from equiformer.files import check_archive
+from equiformer.host_memory import keep_freed_memory
 from equiformer.openmm.common import ModelSetup, import_openmmtorch, prepare
 from equiformer.openmm.neighbors import box_widths, cell_list_edges, open_edges
 
@@ -182,6 +183,7 @@ def create_torch_force(model: str, topology, atoms: Optional[Sequence[int]] = No
     module = build_module(model, setup, outputs_forces=outputs_forces, all_pairs_max_atoms=all_pairs_max_atoms)
     if save_path is not None:
         save_module(module, save_path, setup, outputs_forces)
+    keep_freed_memory()  # the TorchForce runs in this process, as the other engines (host_memory.py)
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(setup.periodic)
     force.setOutputsForces(bool(outputs_forces))
