@@ -35,7 +35,7 @@ def keep_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-    if os.environ.get(ENV, "1").strip() == "0":
+    if os.environ.get(ENV) == "0":  # as the C++ runtime reads it
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -380,8 +380,13 @@ def test_python_computation_pickles(pair_model):
     assert e1 == e2 and np.array_equal(f1, f2) and f1.shape == (3, 3)
 
 
-def test_saved_torchforce_file(pair_model, tmp_path):
-    """create_torch_force(save_path=...) writes a module that plain TorchForce(path) loads."""
+def test_saved_torchforce_file(pair_model, tmp_path, monkeypatch):
+    """create_torch_force(save_path=...) writes a module that plain TorchForce(path) loads;
+    both of our routes to a TorchForce keep freed host memory (equiformer/host_memory.py)."""
+    import equiformer.openmm.torchforce as torchforce
+
+    kept = []
+    monkeypatch.setattr(torchforce, "keep_freed_memory", lambda: kept.append(True))
     openmmtorch = import_openmmtorch()
     symbols, pos, cell = make_structure("triclinic", ["H", "C", "O", "Cu"], 3.0, seed=8)
     saved = str(tmp_path / "equiformer_torchforce.pt")
@@ -396,6 +401,7 @@ def test_saved_torchforce_file(pair_model, tmp_path):
         system = make_system(symbols, cell / 10)
         system.addForce(force)
         assert_matches(*evaluate(system, pos / 10), *expected, 1e-14)
+    assert len(kept) == 2  # create_torch_force and load_torch_force
 
 
 # --------------------------------------------------------------------------------------------

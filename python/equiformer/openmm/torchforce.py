@@ -183,8 +183,7 @@ def create_torch_force(model: str, topology, atoms: Optional[Sequence[int]] = No
     module = build_module(model, setup, outputs_forces=outputs_forces, all_pairs_max_atoms=all_pairs_max_atoms)
     if save_path is not None:
         save_module(module, save_path, setup, outputs_forces)
-    keep_freed_memory()  # the TorchForce runs in this process, as the other engines (host_memory.py)
-    force = openmmtorch.TorchForce(module)
+    force = new_torch_force(openmmtorch, module)
     force.setUsesPeriodicBoundaryConditions(setup.periodic)
     force.setOutputsForces(bool(outputs_forces))
     if cuda_graphs:
@@ -193,6 +192,13 @@ def create_torch_force(model: str, topology, atoms: Optional[Sequence[int]] = No
         force.setForceGroup(int(force_group))
     force.setName("EquiformerTorchForce")
     return force
+
+
+def new_torch_force(openmmtorch, module_or_path):
+    """openmm-torch's TorchForce; it runs in this process, which then keeps freed host memory
+    for the next step, as the other engines (equiformer/host_memory.py)."""
+    keep_freed_memory()
+    return openmmtorch.TorchForce(module_or_path)
 
 
 def save_module(module: torch.jit.ScriptModule, path: str, setup: ModelSetup, outputs_forces: bool) -> None:
@@ -219,7 +225,7 @@ def load_torch_force(path: str):
     """`TorchForce(path)` with the periodicity and outputsForces it was saved with."""
     openmmtorch = import_openmmtorch()
     settings = torch_force_settings(path)
-    force = openmmtorch.TorchForce(os.fspath(path))
+    force = new_torch_force(openmmtorch, os.fspath(path))
     force.setUsesPeriodicBoundaryConditions(bool(settings["periodic"]))
     force.setOutputsForces(bool(settings["outputs_forces"]))
     force.setName("EquiformerTorchForce")
