@@ -229,7 +229,10 @@ class Bare:
             if name not in self.engines:
                 continue
             engine = self.engines[name]
-            chunked = name != "pt2" and 0 <= self.threshold < edges
+            if name == "pt2":  # the package's own threshold, when it has layer entries
+                chunked = engine.chunked is not None and 0 <= engine.chunked_edges < edges
+            else:
+                chunked = 0 <= self.threshold < edges
             row = {"atoms": n, "cells": list(reps), "edges": edges, "engine": name, "dtype": args.dtype,
                    "device": str(device), "route": "chunked" if chunked else "one pass"}
             reset_peak(device)

@@ -340,11 +340,14 @@ void PairEquiformer::init_style()
   length_to_model = equiformer::length_conversion("Angstrom", model->length_unit());
   energy_to_lmp = equiformer::energy_conversion(model->energy_unit(), lmp_energy);
   cutoff_lmp = model->cutoff() / length_to_model;
-  // the receptive field: metadata interaction_range, but with the layer methods each of
-  // embed, the num_layers blocks and readout may look one cutoff further (e.g. Equiformer's
-  // edge-degree embedding and attention head): (num_layers + 2) x cutoff at most
+  // the receptive field: metadata interaction_range, but with the layer methods of a
+  // TorchScript file (any model: the analytic test models too) each of embed, the num_layers
+  // blocks and readout may look one cutoff further (e.g. Equiformer's edge-degree embedding
+  // and attention head): (num_layers + 2) x cutoff at most. A package is always an Equiformer,
+  // whose interaction_range is exact.
   double range_model = model->interaction_range();
-  if (model->has_layer_methods()) range_model = std::max(range_model, (model->num_layers() + 2) * model->cutoff());
+  if (model->has_layer_methods() && !model->is_package())
+    range_model = std::max(range_model, (model->num_layers() + 2) * model->cutoff());
   range_lmp = range_model / length_to_model;
   offset_lmp = model->energy_offset() * energy_to_lmp;
 
@@ -366,10 +369,10 @@ void PairEquiformer::init_style()
     error->all(FLERR, "pair_style equiformer mode layer is not available for a committee ({} holds {} models and "
                "no per-layer methods): use mode ghost or mode map (mode auto picks ghost on several ranks)",
                model_file, committee);
-  if (mode == MODE_LAYER && model->is_package())
-    error->all(FLERR, "pair_style equiformer mode layer needs the per-layer methods, which a .pt2 package ({}) does "
-               "not have yet: use mode ghost or map (mode auto picks ghost on several ranks), or the TorchScript "
-               ".pt file", model_file);
+  if (mode == MODE_LAYER && model->is_package() && !model->has_layer_methods())
+    error->all(FLERR, "pair_style equiformer mode layer needs the layer entries of a .pt2 package, which {} was "
+               "exported without (equiformer-export --chunked-above -1): re-export it without that option, or use "
+               "mode ghost or map (mode auto picks ghost on several ranks)", model_file);
   if (mode == MODE_LAYER && !model->has_layer_methods())
     error->all(FLERR, "pair_style equiformer mode layer needs a model that exports the per-layer methods; "
                "{} does not (re-export it with equiformer-export), use mode ghost or mode auto", model_file);

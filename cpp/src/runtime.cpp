@@ -6,6 +6,7 @@
 #include "device_api.h"
 #include "host_memory.h"
 #include "jit_scope.h"
+#include "package_layers.h"
 
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -353,6 +354,9 @@ struct Model::Impl {
   // a compiled AOTInductor package (.pt2) instead of a TorchScript module
   bool package = false;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+  // its layer entries (package_layers.h): graphs above chunked_edges and per-layer exchange;
+  // absent in packages exported with --chunked-above -1
+  std::unique_ptr<detail::PackageLayers> layers;
 
   // the format's metadata checks, the same for TorchScript files and packages (META filled)
   void read_metadata(const std::string &kind, const char *how_to_export);
@@ -377,6 +381,8 @@ struct Model::Impl {
   Layered layered_by_vectors(const torch::Tensor &species, const torch::Tensor &index, const torch::Tensor &vec,
                              int64_t n_local, const std::vector<int64_t> &width, LayerExchange &exchange,
                              bool chunked) const;
+  Layered layered_by_package(const torch::Tensor &species, const torch::Tensor &index, const torch::Tensor &vec,
+                             int64_t n_local, const std::vector<int64_t> &width, LayerExchange &exchange) const;
   // layer s's output with its ghost rows replaced by their owners' (a new leaf), and back:
   // the gradient with respect to layer s's output from that with respect to the exchanged copy
   // (with exchange.boundary_rows(), only the boundary rows and the ghost rows cross between
@@ -559,17 +565,18 @@ void Model::Impl::load_package(const std::string &meta_entry, const std::string 
                   ": compile the package on the CPU family it runs on (or use the TorchScript .pt file)");
   }
 
+  chunked_edges = meta["chunked_edges"].empty() ? -1 : parse_int(path, "chunked_edges", meta["chunked_edges"]);
   try {
     const c10::DeviceIndex index = device.is_cuda() ? device.index() : static_cast<c10::DeviceIndex>(-1);
     loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, index);
+    if (chunked_edges >= 0) layers = std::make_unique<detail::PackageLayers>(path, meta, device, dtype, cutoff, num_layers);
   } catch (const std::exception &e) {
     std::string why = trim(e.what());
     why = why.substr(0, why.find('\n'));
     throw Error("'" + path + "': the compiled package cannot be loaded here (" + why + "); re-export it on this "
                 "machine with `equiformer-export CHECKPOINT.pt MODEL.pt2` (or use the TorchScript .pt file)");
   }
-  layer_methods = false;  // no per-layer entry points in a package (yet)
-  chunked_edges = -1;     // always one pass
+  layer_methods = layers != nullptr;
 }
 
 Model::~Model() = default;
@@ -627,9 +634,10 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
     throw Error("'" + m.path + "' is a committee of " + std::to_string(m.committee_size) + " models, which has no "
                 "per-layer methods (docs/model-format.md): evaluate it whole with compute() (LAMMPS: mode ghost or "
                 "mode map)");
-  if (m.package)
-    throw Error("'" + m.path + "' is a compiled .pt2 package, which has no per-layer methods (docs/model-format.md) "
-                "for per-layer exchange yet; use the TorchScript .pt file (or another mode)");
+  if (m.package && !m.layers)
+    throw Error("'" + m.path + "' is a compiled .pt2 package exported without its layer entries (--chunked-above -1), "
+                "which per-layer exchange needs (docs/model-format.md); re-export it without that option (or use "
+                "another mode)");
   if (!m.layer_methods)
     throw Error("'" + m.path + "' does not export the per-layer methods (docs/model-format.md) needed for per-layer "
                 "exchange; re-export it with this package's equiformer-export (or use another mode)");
@@ -645,7 +653,14 @@ const std::vector<int64_t> &Model::layer_feature_sizes() const
                             .view({2, 3})
                             .to(m.device, m.dtype);
     std::vector<int64_t> sizes;
-    if (m.feature_layers) {
+    if (m.package) {
+      const detail::PackageLayers::Graph g = m.layers->prepare(index, vec, 2);
+      torch::Tensor x;
+      for (int s = 0; s <= m.num_layers; ++s) {
+        x = m.layers->forward(s, species, x, g);
+        sizes.push_back(x.numel() / 2);
+      }
+    } else if (m.feature_layers) {
       torch::IValue features = m.module.get_method("edge_features")({vec});
       torch::Tensor x = torch::zeros({0}, vec.options());
       for (int64_t s = 0; s <= m.num_layers; ++s) {
@@ -921,6 +936,31 @@ Model::Impl::Layered Model::Impl::layered_by_vectors(const torch::Tensor &specie
   return {e_atoms.detach(), gvec};
 }
 
+// A compiled package's layer entries, always by chunks of centres (package_layers.h): the
+// layers of layered_by_features with the exchange between them.
+Model::Impl::Layered Model::Impl::layered_by_package(const torch::Tensor &species, const torch::Tensor &index,
+                                                     const torch::Tensor &vec, int64_t n_local,
+                                                     const std::vector<int64_t> &width, LayerExchange &exchange) const
+{
+  torch::NoGradGuard no_grad;
+  const int L = num_layers;
+  const detail::PackageLayers::Graph g = layers->prepare(index, vec, species.size(0));
+  std::vector<torch::Tensor> x(L + 1);  // layer s's output after the exchange (the input of layer s + 1)
+  for (int s = 0; s <= L; ++s)
+    x[s] = exchange_forward(layers->forward(s, species, s > 0 ? x[s - 1] : torch::Tensor(), g), s, n_local, width,
+                            exchange).detach();
+  torch::Tensor e_atoms = layers->forward(L + 1, species, x[L], g);
+  torch::Tensor seed = torch::zeros_like(e_atoms);
+  seed.slice(0, 0, n_local).fill_(1.0);
+  std::vector<torch::Tensor> grad_features = layers->zero_feature_grads(g);
+  torch::Tensor grad = layers->vjp(L + 1, species, x[L], seed, g, grad_features);
+  for (int s = L; s >= 0; --s) {
+    const torch::Tensor gy = exchange_reverse(grad, x[s], s, n_local, width, exchange);
+    grad = layers->vjp(s, species, s > 0 ? x[s - 1] : torch::Tensor(), gy, g, grad_features);
+  }
+  return {e_atoms, layers->features_vjp(g, grad_features)};
+}
+
 // Forces and virials from d energy / d edge vector, the C++ side's one definition (the
 // Python one, equiformer/forces.py, is inside every exported model's forward).
 // r_e = x_src - x_dst: d E / d x_src = g_e, d E / d x_dst = -g_e; F = -dE/dx;
@@ -984,6 +1024,7 @@ std::pair<torch::Tensor, torch::Tensor> Model::Impl::package_forward(const torch
 {
   torch::NoGradGuard no_grad;
   const int64_t n_atoms = species.size(0), n_edges = index.size(1);
+  if (layers && n_edges > chunked_edges) return layers->energy_gradient(species, index, vec.to(dtype), n_local);
   const int64_t n = n_atoms + kPadNodes, e = n_edges + kPadEdges;
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   torch::Tensor pad_index = torch::tensor({n_atoms, n_atoms + 1, n_atoms + 1, n_atoms}, i64).view({2, 2}).to(device);
@@ -1034,8 +1075,10 @@ void Model::compute_layered(int64_t n_atoms, const int64_t *species, int64_t n_e
     // large graphs (above the model's own threshold, docs/model-format.md): no layer keeps its
     // graph; the backward recomputes each layer, by chunks where the model provides them
     const bool chunked = m.chunked_edges >= 0 && n_edges > m.chunked_edges;
-    Model::Impl::Layered r = m.feature_layers ? m.layered_by_features(t_species, t_index, t_vec, n_local, width, exchange, chunked)
-                                 : m.layered_by_vectors(t_species, t_index, t_vec, n_local, width, exchange, chunked);
+    Model::Impl::Layered r =
+        m.package         ? m.layered_by_package(t_species, t_index, t_vec, n_local, width, exchange)
+        : m.feature_layers ? m.layered_by_features(t_species, t_index, t_vec, n_local, width, exchange, chunked)
+                           : m.layered_by_vectors(t_species, t_index, t_vec, n_local, width, exchange, chunked);
     torch::NoGradGuard no_grad;
     torch::Tensor ae = r.atom_energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
     out.energy = ae.slice(0, 0, n_local).sum().item<double>();

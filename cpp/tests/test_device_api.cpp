@@ -4,6 +4,7 @@
 // Usage: test_device_api DIR  (DIR written by make_models.py: pair64.pt, pair32.pt, mp.pt);
 // EQUIFORMER_TEST_PT2=PACKAGE.pt2 adds a compiled float64 package
 #include "device_api.h"
+#include "package_layers.h"
 
 #include "equiformer/neighbors.h"
 #include "checks.h"
@@ -195,6 +196,20 @@ void compare_evaluation(const std::string &path, double tol)
   check(none.energy == 0.0 && none.forces.abs().sum().item<double>() == 0.0, "n_local 0: nothing: " + file);
 }
 
+// a package's chunks of centres: the same cuts as schedule.py's centre_chunks (tests/unit/test_schedule.py)
+void test_centre_chunks()
+{
+  using equiformer::detail::centre_chunks;
+  const torch::Tensor dst = torch::tensor({0, 0, 0, 2, 2, 3, 5, 5, 5, 5, 5, 5}, torch::kInt64);
+  equiformer::detail::Chunks c = centre_chunks(dst, 7, 4);
+  check(c.nodes == std::vector<int64_t>{0, 2, 5, 7} && c.edges == std::vector<int64_t>{0, 3, 6, 12},
+        "centre_chunks: chunks of about 4 edges, whole centres");
+  c = centre_chunks(dst, 7, 100);
+  check(c.nodes == std::vector<int64_t>{0, 7} && c.edges == std::vector<int64_t>{0, 12}, "centre_chunks: one chunk");
+  c = centre_chunks(dst.slice(0, 0, 0), 3, 4);
+  check(c.nodes == std::vector<int64_t>{0, 3} && c.edges == std::vector<int64_t>{0, 0}, "centre_chunks: no edge");
+}
+
 void test_layout()
 {
   // a fake OpenMM CUDA layout: 35 atoms in 40 slots, shuffled; 12 ML particles
@@ -274,6 +289,7 @@ int main(int argc, char **argv)
   const std::string dir = argv[1];
   try {
     test_neighbors();
+    test_centre_chunks();
     compare_evaluation(dir + "/pair64.pt", 1e-10);
     compare_evaluation(dir + "/mp.pt", 1e-10);
     compare_evaluation(dir + "/pair32.pt", 1e-5);

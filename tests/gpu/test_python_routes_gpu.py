@@ -170,7 +170,8 @@ def test_python_force(gpu_models, calculators, device):
                     reason="compiling a .pt2 package takes minutes: set EQUIFORMER_TEST_PT2=1 to include it")
 def test_compiled_package_on_the_device(gpu_models, device, device_kind, tmp_path):
     """equiformer-export MODEL.pt2 --device: compiled for the device, it gives the eager
-    model's numbers there, and is refused on the other device kind."""
+    model's numbers there, by one graph and by its layer entries' chunked route, and is
+    refused on the other device kind."""
     from equiformer.export.contract import open_engine_model
     from equiformer.export.torchscript import export_model
 
@@ -179,10 +180,14 @@ def test_compiled_package_on_the_device(gpu_models, device, device_kind, tmp_pat
     assert meta["device"].startswith(device_kind)
     species, edge_index, vectors = _engine_inputs(gpu_models["model"], torch.float64)
     ref = gpu_models["eager"]["float64"](species, edge_index, vectors, 40)
-    got = open_engine_model(path, device)(species.to(device), edge_index.to(device), vectors.to(device), 40)
-    for key in ("energy", "atom_energies", "forces", "virial", "atom_virial"):
-        assert got[key].device.type == device_kind, key
-        assert_parity(got[key].cpu().numpy(), ref[key].numpy(), TOL["float64"], f".pt2 on {device}, {key}")
+    engine = open_engine_model(path, device)
+    for route in ("one graph", "chunked"):
+        if route == "chunked":  # every graph, in chunks of about 100 edges
+            engine.chunked_edges, engine.chunked.edge_chunk = 0, 100
+        got = engine(species.to(device), edge_index.to(device), vectors.to(device), 40)
+        for key in ("energy", "atom_energies", "forces", "virial", "atom_virial"):
+            assert got[key].device.type == device_kind, key
+            assert_parity(got[key].cpu().numpy(), ref[key].numpy(), TOL["float64"], f".pt2 ({route}) on {device}, {key}")
     if device_kind == "cuda":
         with pytest.raises(ValueError, match="compiled for cuda"):
             open_engine_model(path, "cpu")

@@ -30,6 +30,7 @@ sys.path.insert(0, HERE)
 from analytic_models import pair_reference, write_pair_model  # noqa: E402
 from damaged_files import flip_bit  # noqa: E402
 from mp_model import exported_reference, mp_reference, write_mp_model  # noqa: E402
+from package_variants import always_chunked, without_layer_entries  # noqa: E402
 
 pytestmark = pytest.mark.lammps
 
@@ -580,13 +581,16 @@ def real_models(tmp_path_factory) -> Dict[str, str]:
 _REAL_RUNS: Dict[tuple, tuple] = {}
 
 
-def _real_run(tmp_path_factory, model: str, np_: int, mode: str, newton: str, steps: int = 20):
-    """A 20-step NVE run of the copper cell (cached: the one-rank run is every test's baseline)."""
-    key = (model, np_, mode, newton, steps)
+def _real_run(tmp_path_factory, model: str, np_: int, mode: str, newton: str, steps: int = 20,
+              request: Optional[str] = None):
+    """A 20-step NVE run of the copper cell (cached: the one-rank run is every test's baseline)
+    in ``mode``, asked for as ``request`` (default: ``mode``; "auto" checks what it picks)."""
+    key = (model, np_, mode, newton, steps, request)
     if key not in _REAL_RUNS:
         d = tmp_path_factory.mktemp(f"real-{np_}-{mode}-{newton}")
         write_data(str(d / "data.lmp"), _cu_system(), ["Cu"])
-        proc = run_lammps(d, md_input(model, ["Cu"], newton=newton, extra_pair=f"mode {mode}", steps=steps), np_=np_)
+        pair = f"mode {request or mode}"
+        proc = run_lammps(d, md_input(model, ["Cu"], newton=newton, extra_pair=pair, steps=steps), np_=np_)
         assert f"mode {mode}" in proc.stdout
         _REAL_RUNS[key] = (parse_dump(d / "out.dump"), parse_result(proc.stdout)[0], d)
     return _REAL_RUNS[key]
@@ -685,12 +689,11 @@ def test_compiled_package_equals_torchscript(tmp_path_factory, compiled_pair):
 
 
 def test_compiled_package_ghost_mode(tmp_path, compiled_pair):
-    """On two ranks mode auto picks ghost for a package (no per-layer methods); step 0 equals
-    the one-rank map run (equal to the .pt file's, above; the graphs differ in edge order:
-    1e-8 relative)."""
+    """Mode ghost on two ranks: step 0 equals the one-rank map run (equal to the .pt file's,
+    above; the graphs differ in edge order: 1e-8 relative)."""
     system = _cu_system()
     runs = {}
-    for np_, mode in ((1, "map"), (2, "auto")):
+    for np_, mode in ((1, "map"), (2, "ghost")):
         d = tmp_path / f"{np_}-{mode}"
         d.mkdir()
         write_data(str(d / "data.lmp"), system, ["Cu"])
@@ -701,15 +704,35 @@ def test_compiled_package_ghost_mode(tmp_path, compiled_pair):
     _assert_same_run(runs[2], runs[1], rel=1e-8, atom_virial=False)
 
 
-def test_compiled_package_refuses_layer_mode(tmp_path, compiled_pair):
+@pytest.mark.parametrize("nprocs,mode,newton", [(1, "layer", "on"), (2, "auto", "on"), (4, "layer", "off")])
+def test_compiled_package_layer_mode(tmp_path_factory, compiled_pair, nprocs, mode, newton):
+    """Per-layer exchange through the package's layer entries (mode auto picks it on several
+    ranks): the calculator's numbers on the .pt file to 1e-8 at step 0, and 20 NVE steps equal
+    the .pt file's one-rank run (np 1 = 2 = 4)."""
+    ref = _calculator_reference(compiled_pair["pt"], _cu_system())
+    baseline = _real_run(tmp_path_factory, compiled_pair["pt"], 1, "map", "on")
+    frames, res, d = _real_run(tmp_path_factory, compiled_pair["pt2"], nprocs, "layer" if mode == "auto" else mode,
+                               newton, request=mode)
+    _check_real(frames, res, d, ref, baseline)
+
+
+@pytest.mark.parametrize("nprocs,mode", [(1, "map"), (2, "layer")])
+def test_compiled_package_chunked_route(tmp_path, compiled_pair, nprocs, mode):
+    """A package whose threshold sends every graph through its layer entries by chunks (of
+    about 50 edges): the calculator's numbers at step 0 (1e-8), virials included."""
+    model = always_chunked(compiled_pair["pt2"], str(tmp_path / "chunked.pt2"))
+    _check_real_static(tmp_path, model, nprocs, mode, "on")
+
+
+def test_compiled_package_without_layer_entries_refuses_layer_mode(tmp_path, compiled_pair):
+    model = without_layer_entries(compiled_pair["pt2"], str(tmp_path / "one-graph.pt2"))
     write_data(str(tmp_path / "data.lmp"), _cu_system(), ["Cu"])
-    script = header() + "read_data data.lmp\npair_style equiformer mode layer\n" \
-        f"pair_coeff * * {compiled_pair['pt2']} Cu\nrun 0\n"
+    script = header() + f"read_data data.lmp\npair_style equiformer mode layer\npair_coeff * * {model} Cu\nrun 0\n"
     proc = run_lammps(tmp_path, script, check=False, timeout=60)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
-    assert len(errors) >= 1 and ("mode layer needs the per-layer methods, which a .pt2 package" in errors[0]
-                                 and "use mode ghost or map" in errors[0]), errors
+    assert len(errors) >= 1 and ("mode layer needs the layer entries of a .pt2 package" in errors[0]
+                                 and "--chunked-above -1" in errors[0] and "use mode ghost or map" in errors[0]), errors
 
 
 # ---------------------------------------------------------------------------------------

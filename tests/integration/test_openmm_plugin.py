@@ -17,6 +17,7 @@ openmm = pytest.importorskip("openmm")
 from openmm import app, unit  # noqa: E402
 
 from openmm_systems import periodic_positions  # noqa: E402
+from package_variants import always_chunked, rewrite_metadata  # noqa: E402
 
 pytestmark = pytest.mark.openmm
 
@@ -547,9 +548,12 @@ def test_damaged_model_file(tmp_path):
 # a compiled AOTInductor package (.pt2): the TorchScript file's numbers, and its refusals
 
 
-def test_compiled_package_equals_torchscript(compiled_pair):
+def test_compiled_package_equals_torchscript(compiled_pair, tmp_path):
     """EquiformerForce with the .pt2 package gives the .pt file's energy and forces (same
-    model, float64: 1e-10 relative), periodic and for a single atom (no edge)."""
+    model, float64: 1e-10 relative), periodic and for a single atom (no edge), by one graph
+    and by its layer entries' chunked route (a copy whose threshold sends every graph there)."""
+    models = {"pt": compiled_pair["pt"], "pt2": compiled_pair["pt2"],
+              "chunked": always_chunked(compiled_pair["pt2"], str(tmp_path / "chunked.pt2"))}
     cell = np.eye(3) * 0.72  # a rattled fcc Cu cell (32 atoms, 7.2 A)
     rng = np.random.default_rng(1)
     base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
@@ -557,29 +561,14 @@ def test_compiled_package_equals_torchscript(compiled_pair):
     pos += rng.normal(scale=0.001, size=pos.shape)
     for positions, box in ((pos, cell), (np.zeros((1, 3)), None)):
         results = []
-        for kind in ("pt", "pt2"):
+        for path in models.values():
             system = make_system(len(positions), box)
-            system.addForce(EquiformerForce(compiled_pair[kind], ["Cu"] * len(positions), periodic=box is not None))
+            system.addForce(EquiformerForce(path, ["Cu"] * len(positions), periodic=box is not None))
             results.append(evaluate(system, positions, "CPU", box))
-        (e_pt, f_pt), (e_pt2, f_pt2) = results
-        assert abs(e_pt2 - e_pt) <= 1e-10 * abs(e_pt), (e_pt2, e_pt)
-        assert np.abs(f_pt2 - f_pt).max() <= 1e-10 * max(1.0, np.abs(f_pt).max())
-
-
-def _edited_package(source, target, edit):
-    """A copy of the package SOURCE with its metadata JSON changed by EDIT(dict) (entries
-    rewritten stored, as torch writes them, with fresh checksums)."""
-    import json
-    import zipfile
-    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zout:
-        for info in zin.infolist():
-            data = zin.read(info.filename)
-            if info.filename.endswith("wrapper_metadata.json"):
-                meta = json.loads(data)
-                edit(meta)
-                data = json.dumps(meta).encode()
-            zout.writestr(info.filename, data, compress_type=zipfile.ZIP_STORED)
-    return str(target)
+        (e_pt, f_pt) = results[0]
+        for e_pt2, f_pt2 in results[1:]:
+            assert abs(e_pt2 - e_pt) <= 1e-10 * abs(e_pt), (e_pt2, e_pt)
+            assert np.abs(f_pt2 - f_pt).max() <= 1e-10 * max(1.0, np.abs(f_pt).max())
 
 
 def test_compiled_package_refusals(compiled_pair, tmp_path):
@@ -592,7 +581,7 @@ def test_compiled_package_refusals(compiled_pair, tmp_path):
         "other-cpu": (lambda m: m.update(cpu_capability="SVE256"), "compile the package on the CPU family"),
     }
     for name, (edit, needle) in cases.items():
-        path = _edited_package(compiled_pair["pt2"], tmp_path / f"{name}.pt2", edit)
+        path = rewrite_metadata(compiled_pair["pt2"], str(tmp_path / f"{name}.pt2"), lambda m: (edit(m), m)[1])
         system = make_system(2)
         system.addForce(EquiformerForce(path, ["Cu", "Cu"]))
         message = context_error(system)

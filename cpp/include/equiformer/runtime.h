@@ -102,8 +102,9 @@ class Model {
   // forward gives the members' mean and their own outputs (Result::member_*), and it has no
   // per-layer methods: compute_layered() and layer_feature_sizes() refuse it.
   int committee_size() const;
-  // A compiled AOTInductor package (.pt2) rather than a TorchScript file: evaluated in one
-  // pass by compute(); no per-layer methods yet.
+  // A compiled AOTInductor package (.pt2) rather than a TorchScript file: compute() takes its
+  // one-graph entry, or above its chunked_edges its layer entries by chunks, which also serve
+  // compute_layered() (has_layer_methods() is false for a package exported without them).
   bool is_package() const;
   // Digest of the file's contents (entry names, sizes, checksums): ranks of a parallel run
   // compare it to be sure they loaded the same model.

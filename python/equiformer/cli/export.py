@@ -53,7 +53,9 @@ def main(argv=None) -> int:
                    help="graphs with more edges are evaluated by chunks of centre atoms, layers recomputed: "
                         "memory that grows with the atoms only, for about one extra forward pass of the attention "
                         "(0: always, -1: never); default: where one pass would keep more than 2 GiB "
-                        "(--layerwise-above: its former name)")
+                        "(--layerwise-above: its former name). A .pt2 package takes this route through its "
+                        "compiled layer entries, which LAMMPS mode layer also uses; -1 leaves them out (a faster "
+                        "compile, no mode layer)")
     p.add_argument("--official-recipe", metavar="RECIPE.json",
                    help="the checkpoint is an official Equiformer MD17 {'state_dict'}; the recipe gives model_name, "
                         "irreps_in, radius, num_basis, task_mean, task_std, energy_unit, length_unit")

@@ -1,6 +1,6 @@
 """Write an Equiformer as a compiled AOTInductor package (`.pt2`, docs/model-format.md).
 
-The package holds one compiled function, traced from the energy and its gradient:
+The package's entry `model` is one compiled function, traced from the energy and its gradient:
 
     (species [N] int64, edge_index [2, E] int64, edge_vectors [E, 3] model dtype, n_local [] int64)
         -> (atom_energies [N] float64, edge_gradient [E, 3] model dtype)
@@ -16,20 +16,30 @@ Why the two-step trace: `torch.export` cannot trace `autograd.grad` inside a for
 2.9), so `make_fx` first traces energy and gradient into one forward-only ATen graph with
 symbolic sizes, and that graph is exported with dynamic N and E. e3nn's spherical harmonics
 must be built in e3nn's eager jit mode for this (its scripted code cannot be traced).
+
+Unless exported with ``chunked_edges`` -1 the package also holds the layer entries
+(aoti_layers.py): graphs above ``chunked_edges`` take them chunk by chunk (aoti_schedule.py),
+and the C++ runtime runs them layer by layer for LAMMPS `mode layer`.
 """
 
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch._inductor.package import package_aoti
+from torch.export.pt2_archive._package import load_pt2
 
 from ..model import Equiformer, clone_model
+from .aoti_layers import (LAYER_INDEX, LAYER_WEIGHTS, block_kinds, compile_entry, layer_entries, layer_weights,
+                          read_layer_weights)
+from .aoti_schedule import CompiledChunked
 from .contract import check_writable, engine_outputs, metadata_files
 from .torchscript import _open_graph
 
@@ -139,8 +149,10 @@ def package_metadata(metadata: Dict[str, object]) -> Dict[str, str]:
 
 
 def compile_package(model: Equiformer, path: str, dtype: torch.dtype, device: str,
-                    metadata: Dict[str, object]) -> Dict[str, str]:
-    """Trace, export, compile and check ``model``; write the package atomically to ``path``."""
+                    metadata: Dict[str, object], chunked_edges: int = -1, edge_chunk: int = 2048) -> Dict[str, str]:
+    """Trace, export, compile and check ``model``; write the package atomically to ``path``.
+    ``chunked_edges`` >= 0 adds the layer entries (aoti_layers.py): graphs with more edges
+    then take the chunked schedule, and engines can run the model layer by layer."""
     module = EnergyGradient(traceable_copy(model, dtype, device))
     # two traces of different sizes must give the same graph: a size baked into the graph
     # (a specialisation) would otherwise pass silently
@@ -154,33 +166,75 @@ def compile_package(model: Equiformer, path: str, dtype: torch.dtype, device: st
     program = torch.export.export(graph, args, dynamic_shapes=({0: n_dim}, {1: e_dim}, {0: e_dim}, None),
                                   strict=False)
     files = package_metadata(metadata)
+    layered = chunked_edges >= 0
+    files.update({"chunked_edges": str(int(chunked_edges)), "edge_chunk": str(int(edge_chunk))})
+    if layered:
+        files.update({"block_kinds": " ".join(str(k) for k in block_kinds(module.model)),
+                      "readout_edges": str(int(module.model.head.attention))})
     directory = check_writable(path)
     tmpdir = tempfile.mkdtemp(prefix=".equiformer-export-", dir=directory)
     try:
         tmp = os.path.join(tmpdir, "model.pt2")
-        configs = dict(INDUCTOR_CONFIGS, **{"aot_inductor.metadata": files})
-        torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=configs)
-        check_package(module, tmp, dtype, device)
+        configs = dict(INDUCTOR_CONFIGS, **{"aot_inductor.metadata": files, "aot_inductor.package": True})
+        compiled = {"model": torch._inductor.aot_compile(program.module(check_guards=False), args, options=configs)}
+        if layered:
+            for entry in layer_entries(module.model, *example_inputs(module.model, 11, dtype, device)[:3]):
+                compiled[entry.name] = compile_entry(entry, INDUCTOR_CONFIGS)
+        package_aoti(tmp, compiled)
+        if layered:
+            add_layer_weights(tmp, module.model)
+        check_package(module, tmp, files, dtype, device)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return files
 
 
-def check_package(module: EnergyGradient, path: str, dtype: torch.dtype, device: str) -> None:
-    """The compiled package must reproduce the eager model on graphs it was not traced on."""
-    runner = torch._inductor.aoti_load_package(path)
+def add_layer_weights(path: str, model: Equiformer) -> None:
+    """Store the blocks' weights beside the compiled code (uncompressed, as torch stores its
+    entries: the C++ runtime reads them in place)."""
+    blob, index = layer_weights(model)
+    with zipfile.ZipFile(path) as archive:
+        root = archive.namelist()[0].split("/")[0]
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(f"{root}/{LAYER_INDEX}", index)
+        archive.writestr(f"{root}/{LAYER_WEIGHTS}", blob)
+
+
+def check_package(module: EnergyGradient, path: str, files: Dict[str, str], dtype: torch.dtype,
+                  device: str) -> None:
+    """The compiled package must reproduce the eager model on graphs it was not traced on, by
+    each route it has (the chunked one with several chunks)."""
+    engine = PackageEngineModel(path, files, device)
     tol = PROBE_TOLERANCE[dtype]
+    # thresholds: no graph is above the first; every graph, even one without edges, above the second
+    routes = [("one-graph", sys.maxsize)] + ([("chunked", -1)] if engine.chunked is not None else [])
     for n in (1, 5, 23):
         args = example_inputs(module.model, n, dtype, device)
         want = module(*args)
-        got = runner(*args)
-        for name, a, b in zip(("atom energies", "edge gradient"), want, got):
-            scale = max(1.0, float(a.abs().max()))
-            err = float((a - b).abs().max())
-            if not err <= tol * scale:
-                raise RuntimeError(f"the compiled package's {name} differ from the eager model's by {err:.3g} on "
-                                   f"{n} atoms (tolerance {tol * scale:.3g}); nothing was written")
+        for route, threshold in routes:
+            engine.chunked_edges = threshold
+            if engine.chunked is not None:
+                engine.chunked.edge_chunk = max(1, int(args[1].shape[1]) // 3)
+            got = engine.energy_gradient(*unpadded(args))
+            for name, a, b in zip(("atom energies", "edge gradient"), unpadded_outputs(args, want), got):
+                scale = max(1.0, float(a.abs().max())) if a.numel() > 0 else 1.0
+                err = float((a - b).abs().max()) if a.numel() > 0 else 0.0
+                if not err <= tol * scale:
+                    raise RuntimeError(f"the compiled package's {name} ({route}) differ from the eager model's by "
+                                       f"{err:.3g} on {n} atoms (tolerance {tol * scale:.3g}); nothing was written")
+
+
+def unpadded(args):
+    """The real graph of padded `example_inputs`."""
+    species, index, vectors, n_local = args
+    n, e = species.shape[0] - PAD_NODES, index.shape[1] - PAD_EDGES
+    return species[:n], index[:, :e], vectors[:e], int(n_local)
+
+
+def unpadded_outputs(args, outputs):
+    n, e = args[0].shape[0] - PAD_NODES, args[1].shape[1] - PAD_EDGES
+    return outputs[0][:n], outputs[1][:e]
 
 
 # ------------------------------------------------------------------------------- reading
@@ -255,7 +309,8 @@ def cpu_supports(isa: str) -> bool:
 class PackageEngineModel:
     """A compiled package with the engine contract's call (docs/model-format.md):
     ``model(species, edge_index, edge_vectors, n_local)`` -> energy, atom_energies, forces,
-    virial, atom_virial."""
+    virial, atom_virial. Graphs above the package's ``chunked_edges`` take its layer entries'
+    chunked schedule (aoti_schedule.py)."""
 
     def __init__(self, path: str, files: Dict[str, str], device: str = "cpu"):
         check_runnable(path, files)
@@ -266,16 +321,53 @@ class PackageEngineModel:
         check_device_kind(path, files, self.device)
         index = self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
         try:
-            self.runner = torch._inductor.aoti_load_package(path, device_index=index)
+            runners = load_pt2(path, device_index=index).aoti_runners
         except Exception as exc:  # a package compiled for another device or library set
             raise ValueError(f"{path}: the compiled package cannot be loaded here ({str(exc).splitlines()[0]}); "
                              "re-export it on this machine with `equiformer-export CHECKPOINT.pt MODEL.pt2`") from None
+        self.runner = runners["model"]
+        # graphs with more edges take the layer entries (when the package has them; -1 then
+        # sends every graph there, even one without edges)
+        self.chunked_edges = int(files.get("chunked_edges") or -1)
+        self.chunked: Optional[CompiledChunked] = None
+        if self.chunked_edges >= 0:
+            kinds = [int(k) for k in files["block_kinds"].split()]
+            self.chunked = CompiledChunked(runners, read_package_weights(path, len(kinds), self.device), kinds,
+                                           files["readout_edges"] == "1", int(files["edge_chunk"]),
+                                           self.padding_vectors())
+
+    def padding_vectors(self) -> torch.Tensor:
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        return pad_graph(empty, empty.reshape(2, 0), torch.zeros(0, 3, dtype=self.dtype, device=self.device),
+                         self.cutoff)[2]
+
+    def energy_gradient(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                        n_local: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(atom energies [N] float64, d(local energy)/d(edge vectors) [E, 3]) by the route the
+        graph's size calls for."""
+        n, e = int(species.shape[0]), int(edge_index.shape[1])
+        if self.chunked is not None and e > self.chunked_edges:
+            return self.chunked(species, edge_index, edge_vectors, n_local)
+        args = pad_graph(species, edge_index, edge_vectors, self.cutoff)
+        atom_energies, grad = self.runner(*args, torch.tensor(int(n_local), device=self.device))
+        return atom_energies[:n], grad[:e]
 
     def __call__(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
                  n_local: int) -> Dict[str, torch.Tensor]:
-        n, e = int(species.shape[0]), int(edge_index.shape[1])
         vec = edge_vectors.to(device=self.device, dtype=self.dtype)
-        args = pad_graph(species.to(self.device), edge_index.to(self.device), vec, self.cutoff)
-        atom_energies, grad = self.runner(*args, torch.tensor(int(n_local), device=self.device))
-        return engine_outputs(edge_index.to(self.device), vec, grad[:e], atom_energies[:n], n_local)
+        edge_index = edge_index.to(self.device)
+        atom_energies, grad = self.energy_gradient(species.to(self.device), edge_index, vec, n_local)
+        return engine_outputs(edge_index, vec, grad, atom_energies, n_local)
 
+
+def read_package_weights(path: str, num_blocks: int, device: torch.device) -> List[List[torch.Tensor]]:
+    """The blocks' weights stored beside a package's layer entries."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        root = names[0].split("/")[0]
+        if f"{root}/{LAYER_INDEX}" not in names:
+            raise ValueError(f"{path} says it has layer entries but holds no layer weights; re-export it with "
+                             "`equiformer-export CHECKPOINT.pt MODEL.pt2`")
+        index = archive.read(f"{root}/{LAYER_INDEX}").decode()
+        blob = archive.read(f"{root}/{LAYER_WEIGHTS}")
+    return read_layer_weights(blob, index, num_blocks, device)

@@ -192,13 +192,13 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
         raise ValueError(f"min_distance must be a distance >= 0 (Angstrom), got {min_distance}")
     check_writable(path)
     torch_dtype = DTYPES[dtype]
-    if format_of(path, fmt) == "aoti":
-        if chunked_edges is not None:
-            raise ValueError("a .pt2 package has no chunked route yet (it always evaluates in one pass); leave out "
-                             "the chunked threshold, or export a TorchScript .pt file for very large systems")
+    if edge_chunk < 1:
+        raise ValueError(f"edge_chunk must be a positive number of edges per chunk, got {edge_chunk}")
+    compiled = format_of(path, fmt) == "aoti"
+    if compiled:
         from .aoti import compile_package
 
-        return compile_package(model, path, torch_dtype, device, metadata_of(model, torch_dtype, device, min_distance))
+        metadata = metadata_of(model, torch_dtype, device, min_distance)
     model = clone_model(model).to(device=device, dtype=torch_dtype).eval()  # the caller's model is not changed
     # inference needs gradients with respect to edge vectors only: frozen weights let autograd
     # keep far fewer intermediates (about 3x less peak memory for an energy+forces call)
@@ -206,6 +206,8 @@ def export_model(model: Equiformer, path: str, dtype: str = "float64", device: s
         p.requires_grad_(False)
     if chunked_edges is None:
         chunked_edges = int(SINGLE_PASS_MEMORY / graph_bytes_per_edge(model, torch_dtype, device))
+    if compiled:
+        return compile_package(model, path, torch_dtype, device, metadata, int(chunked_edges), edge_chunk)
     engine = EquiformerEngineModel(model, -1, edge_chunk)
     scripted = torch.jit.script(engine)
     species, edge_index, vectors = probe_inputs(model, torch_dtype, device)

@@ -3,7 +3,6 @@ graph, its metadata, and clear refusals of packages that cannot be ours or canno
 
 Every test shares the session's one compiled package (tests/conftest.py: compiled_pair)."""
 
-import json
 import re
 import shutil
 import zipfile
@@ -20,6 +19,7 @@ from equiformer.export.contract import open_engine_model, read_metadata
 from equiformer.export.torchscript import export_model
 from equiformer.model import build_model
 from equiformer.model_info import ModelInfo
+from package_variants import always_chunked, rewrite_metadata, without_layer_entries
 
 KEYS = ("energy", "atom_energies", "forces", "virial", "atom_virial")
 
@@ -44,33 +44,61 @@ def engines(compiled_pair):
     return open_engine_model(compiled_pair["pt"]), open_engine_model(compiled_pair["pt2"])
 
 
-@pytest.mark.parametrize("case", ["one atom", "no edge", "one edge", "ghosts", "cluster"])
-def test_package_equals_torchscript_on_small_graphs(engines, case):
-    """N = 1, E = 0 (two atoms out of range), E = 1 (an edge into a local atom from a ghost),
-    ghosts (n_local < N), and a 20-atom cluster: float64, 1e-10 relative."""
-    ts, pt2 = engines
+SMALL_CASES = ["one atom", "no edge", "one edge", "ghosts", "cluster"]
+
+
+def small_graph(case):
+    """(species, edge_index, edge vectors, n_local): N = 1, E = 0 (two atoms out of range),
+    E = 1 (an edge into a local atom from a ghost), ghosts (n_local < N), a 20-atom cluster."""
     rng = np.random.default_rng(0)
     if case == "one atom":
-        species, index, vectors, n_local = *graph([[0, 0, 0]], []), 1
-    elif case == "no edge":
-        species, index, vectors, n_local = *graph([[0, 0, 0], [9, 0, 0]], []), 2
-    elif case == "one edge":
-        species, index, vectors, n_local = *graph([[0, 0, 0], [2.5, 0, 0]], [[1, 0]]), 1
-    elif case == "ghosts":
+        return *graph([[0, 0, 0]], []), 1
+    if case == "no edge":
+        return *graph([[0, 0, 0], [9, 0, 0]], []), 2
+    if case == "one edge":
+        return *graph([[0, 0, 0], [2.5, 0, 0]], [[1, 0]]), 1
+    if case == "ghosts":
         pos = rng.uniform(0, 5, (8, 3))
         edges = [[j, i] for i in range(3) for j in range(8) if i != j and np.linalg.norm(pos[i] - pos[j]) < 4.0]
-        species, index, vectors, n_local = *graph(pos, edges), 3
-    else:
-        pos = rng.uniform(0, 7, (20, 3))
-        edges = [[j, i] for i in range(20) for j in range(20) if i != j and np.linalg.norm(pos[i] - pos[j]) < 4.0]
-        species, index, vectors, n_local = *graph(pos, edges), 20
+        return *graph(pos, edges), 3
+    pos = rng.uniform(0, 7, (20, 3))
+    edges = [[j, i] for i in range(20) for j in range(20) if i != j and np.linalg.norm(pos[i] - pos[j]) < 4.0]
+    return *graph(pos, edges), 20
+
+
+@pytest.mark.parametrize("case", SMALL_CASES)
+def test_package_equals_torchscript_on_small_graphs(engines, case):
+    """float64, 1e-10 relative."""
+    ts, pt2 = engines
+    species, index, vectors, n_local = small_graph(case)
     assert_same(pt2(species, index, vectors, n_local), ts(species, index, vectors, n_local))
 
 
+@pytest.mark.parametrize("case", SMALL_CASES)
+def test_chunked_route_equals_torchscript(engines, case):
+    """The package's layer entries driven chunk by chunk (chunks of 7 edges), taken here for
+    every graph, even one without edges: the TorchScript file's numbers (float64, 1e-10)."""
+    ts, pt2 = engines
+    species, index, vectors, n_local = small_graph(case)
+    threshold, chunk = pt2.chunked_edges, pt2.chunked.edge_chunk
+    try:
+        pt2.chunked_edges, pt2.chunked.edge_chunk = -1, 7  # more than -1 edges: every graph
+        got = pt2(species, index, vectors, n_local)
+    finally:
+        pt2.chunked_edges, pt2.chunked.edge_chunk = threshold, chunk
+    assert_same(got, ts(species, index, vectors, n_local))
+
+
+@pytest.fixture(scope="module")
+def chunked_package(compiled_pair, tmp_path_factory):
+    return always_chunked(compiled_pair["pt2"], str(tmp_path_factory.mktemp("chunked") / "chunked.pt2"), 20)
+
+
 @pytest.mark.parametrize("structure", ["molecule", "triclinic", "small cell"])
-def test_calculator_gives_the_same_numbers(compiled_pair, structure):
-    """The ASE calculator on the package and on the TorchScript file: a molecule, a triclinic
-    periodic cell, and a cell smaller than two cutoffs (atoms see their own images)."""
+def test_calculator_gives_the_same_numbers(compiled_pair, chunked_package, structure):
+    """The ASE calculator on the package (one graph, and its chunked route by the package's
+    own metadata) and on the TorchScript file: a molecule, a triclinic periodic cell, and a
+    cell smaller than two cutoffs (atoms see their own images)."""
     rng = np.random.default_rng(1)
     if structure == "molecule":
         atoms = Atoms("Cu7", positions=rng.uniform(0, 5, (7, 3)))
@@ -81,14 +109,15 @@ def test_calculator_gives_the_same_numbers(compiled_pair, structure):
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
         atoms.rattle(0.05, seed=2)
     results = []
-    for path in (compiled_pair["pt"], compiled_pair["pt2"]):
+    for path in (compiled_pair["pt"], compiled_pair["pt2"], chunked_package):
         a = atoms.copy()
         a.calc = EquiformerCalculator(model=path)
         props = ["energy", "energies", "forces"] + (["stress"] if atoms.pbc.any() else [])
         results.append({k: np.asarray(a.calc.get_property(k, a)) for k in props})
-    for key, want in results[0].items():
-        scale = max(1.0, np.abs(want).max())
-        assert np.abs(results[1][key] - want).max() <= 1e-10 * scale, key
+    for got in results[1:]:
+        for key, want in results[0].items():
+            scale = max(1.0, np.abs(want).max())
+            assert np.abs(got[key] - want).max() <= 1e-10 * scale, key
 
 
 def test_metadata_travels_in_the_package(compiled_pair):
@@ -128,19 +157,6 @@ def test_padding_matches_the_format_doc():
     assert vectors.tolist() == [[2.0, 0.0, 0.0], [-2.0, 0.0, 0.0]]
 
 
-def rewrite_metadata(src, dst, edit):
-    """A copy of package ``src`` with its metadata JSON passed through ``edit`` (None: removed)."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename.endswith("wrapper_metadata.json"):
-                meta = edit(json.loads(data))
-                if meta is None:
-                    continue
-                data = json.dumps(meta).encode()
-            zout.writestr(item.filename, data)
-
-
 def test_refuses_a_package_from_another_torch(compiled_pair, tmp_path):
     path = str(tmp_path / "old.pt2")
     rewrite_metadata(compiled_pair["pt2"], path, lambda m: dict(m, torch_version="2.7.0"))
@@ -178,10 +194,40 @@ def test_damaged_package_is_refused(compiled_pair, tmp_path):
         ModelInfo.read(str(path))
 
 
-def test_package_has_no_chunked_route_yet(tmp_path):
+def test_layer_entries_are_described(compiled_pair):
+    """Default export: the chunked route above the TorchScript file's threshold, its layer
+    entries and the blocks' weights in the package."""
+    files = read_metadata(compiled_pair["pt2"])
+    assert files["chunked_edges"] == str(torch.jit.load(compiled_pair["pt"]).chunked_edges)
+    assert files["edge_chunk"] == "2048" and files["block_kinds"] == "0 1" and files["readout_edges"] == "0"
+    with zipfile.ZipFile(compiled_pair["pt2"]) as archive:
+        names = archive.namelist()
+    for entry in ("features_fwd", "embed_vjp", "block0_inputs_fwd", "block1_vjp", "readout_vjp"):
+        assert any(f"/data/aotinductor/{entry}/" in n for n in names), entry
+    assert any(n.endswith("/equiformer/layer_weights.bin") for n in names)
+
+
+def test_package_without_layer_entries(compiled_pair, tmp_path, engines):
+    """--chunked-above -1: one graph for every size (same numbers); a package that names
+    layer entries but lost their weights is refused with the fix."""
+    bare = without_layer_entries(compiled_pair["pt2"], str(tmp_path / "one-graph.pt2"))
+    engine = open_engine_model(bare)
+    assert engine.chunked is None
+    species, index, vectors, n_local = small_graph("cluster")
+    assert_same(engine(species, index, vectors, n_local), engines[0](species, index, vectors, n_local))
+    lost = str(tmp_path / "lost.pt2")
+    with zipfile.ZipFile(compiled_pair["pt2"]) as zin, zipfile.ZipFile(lost, "w") as zout:
+        for item in zin.infolist():
+            if "/equiformer/" not in item.filename:
+                zout.writestr(item.filename, zin.read(item.filename))
+    with pytest.raises(ValueError, match="holds no layer weights.*re-export"):
+        open_engine_model(lost)
+
+
+def test_bad_edge_chunk_is_refused_before_compiling(tmp_path):
     model = build_model({"preset": "tiny", "species": ["Cu"], "cutoff": 4.0})
-    with pytest.raises(ValueError, match="no chunked route yet"):
-        export_model(model, str(tmp_path / "m.pt2"), chunked_edges=100)
+    with pytest.raises(ValueError, match="edge_chunk must be a positive number"):
+        export_model(model, str(tmp_path / "m.pt2"), edge_chunk=0)
     assert not (tmp_path / "m.pt2").exists()
 
 
