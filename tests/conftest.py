@@ -47,8 +47,9 @@ def _compiled_pair_key() -> str:
 @pytest.fixture(scope="session")
 def compiled_pair(tmp_path_factory):
     """One small real Equiformer (tiny preset, Cu, cutoff 4 A, float64, seed 0) exported twice:
-    {"pt": TorchScript file, "pt2": compiled AOTInductor package}. Compiling takes a minute or
-    two, so the whole suite shares this one package, and it is kept in build/test-cache keyed
+    {"pt": TorchScript file, "pt2": compiled AOTInductor package, with its layer entries}.
+    Compiling takes about 6 minutes on 2 cores, so the whole suite shares this one package, and
+    it is kept in build/test-cache keyed
     on everything it depends on (_compiled_pair_key); EQUIFORMER_TEST_RECOMPILE=1 ignores the
     kept copy (once per run: pytest-xdist workers share the run's compilation). Each session
     works on its own copies."""
