@@ -167,11 +167,8 @@ def layer_entries(model: Equiformer, species: torch.Tensor, edge_index: torch.Te
 
     kinds = block_kinds(model)
     for k, blk in enumerate(model.blocks):
-        if kinds[k] in kinds[:k]:
-            with torch.no_grad():
-                x = blk(x, src, dst, features)
-            continue
-        entries.extend(block_entries(f"block{kinds[k]}", blk, x, src, dst, f_list))
+        if kinds[k] not in kinds[:k]:  # the first block of a kind gives the kind's entries
+            entries.extend(block_entries(f"block{kinds[k]}", blk, x, src, dst, f_list))
         with torch.no_grad():
             x = blk(x, src, dst, features)
     entries.extend(readout_entries(model, species, x, src, dst, f_list))
