@@ -265,15 +265,6 @@ def readout_entries(model: Equiformer, species: torch.Tensor, x: torch.Tensor, s
 # ------------------------------------------------------------------------------- compiling
 
 
-class _Graph(torch.nn.Module):
-    def __init__(self, graph: torch.fx.GraphModule):
-        super().__init__()
-        self.graph_module = graph
-
-    def forward(self, *args):
-        return self.graph_module(*args)
-
-
 def export_entry(entry: Entry) -> torch.export.ExportedProgram:
     """Trace the entry (with its gradient) into one forward-only ATen graph with symbolic
     sizes, then export it with dynamic rows (as the one-graph entry is, export/aoti.py)."""
@@ -288,7 +279,7 @@ def export_entry(entry: Entry) -> torch.export.ExportedProgram:
     dims = {NODE: torch.export.Dim(entry.name + "_nodes", min=PAD_ROWS),
             EDGE: torch.export.Dim(entry.name + "_edges", min=PAD_ROWS)}
     dynamic = tuple({0: dims[r]} if r is not None else None for r in entry.rows)
-    return torch.export.export(_Graph(graph), entry.args, dynamic_shapes=(dynamic,), strict=False)
+    return torch.export.export(graph, entry.args, dynamic_shapes=dynamic, strict=False)
 
 
 def compile_entry(entry: Entry, configs: Dict[str, object]) -> List[str]:
