@@ -54,6 +54,11 @@ PROBE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 # indirect-index bounds checks off (torch 2.9 generates uncompilable vectorised checks for
 # embeddings with one row; indices are checked by the callers, docs/model-format.md)
 INDUCTOR_CONFIGS = {"cpp.dynamic_threads": True, "assert_indirect_indexing": False}
+# atoms of the example graph the package is exported with (about 4,000 edges). Sizes stay
+# symbolic, but Inductor sizes its loops by the example: with a tiny graph it parallelised some
+# per-edge reductions over their few channels (one parallel region per edge), and MD graphs
+# and chunks have thousands of edges
+EXAMPLE_ATOMS = 64
 
 
 class EnergyGradient(torch.nn.Module):
@@ -162,7 +167,7 @@ def compile_package(model: Equiformer, path: str, dtype: torch.dtype, device: st
                            "this model cannot be compiled to a .pt2 package")
     n_dim = torch.export.Dim("atoms", min=PAD_NODES)
     e_dim = torch.export.Dim("edges", min=PAD_EDGES)
-    args = example_inputs(module.model, 11, dtype, device)
+    args = example_inputs(module.model, EXAMPLE_ATOMS, dtype, device)
     program = torch.export.export(graph, args, dynamic_shapes=({0: n_dim}, {1: e_dim}, {0: e_dim}, None),
                                   strict=False)
     files = package_metadata(metadata)
@@ -178,7 +183,7 @@ def compile_package(model: Equiformer, path: str, dtype: torch.dtype, device: st
         configs = dict(INDUCTOR_CONFIGS, **{"aot_inductor.metadata": files, "aot_inductor.package": True})
         compiled = {"model": torch._inductor.aot_compile(program.module(check_guards=False), args, options=configs)}
         if layered:
-            for entry in layer_entries(module.model, *example_inputs(module.model, 11, dtype, device)[:3]):
+            for entry in layer_entries(module.model, *example_inputs(module.model, EXAMPLE_ATOMS, dtype, device)[:3]):
                 compiled[entry.name] = compile_entry(entry, INDUCTOR_CONFIGS)
         package_aoti(tmp, compiled)
         if layered:

@@ -9,7 +9,7 @@ from .activation import Gate, SmoothLeakyReLU
 from .irreps import Block, dim, gate_split, num_scalars, simplify, sort_even_first
 from .linear import IrrepsLinear
 from .radial import RadialProfile
-from .segment import segment_sum, weighted_softmax
+from .segment import gather_rows, segment_sum, weighted_softmax
 from .edge_frame import from_frame, to_frame
 from .tensor_product import DepthwiseTensorProduct
 
@@ -185,7 +185,7 @@ class GraphAttention(torch.nn.Module):
         """``frames``: the edges' Wigner D matrices (edge_frame.py) to compute in edge frames,
         or empty for the reference SO(3) products; both compute the same function."""
         src_side, dst_side = self.node_inputs(x)
-        return self.edges(src_side[edge_src], dst_side, edge_dst, edge_sh, edge_basis, edge_weight, frames)
+        return self.edges(gather_rows(src_side, edge_src), dst_side, edge_dst, edge_sh, edge_basis, edge_weight, frames)
 
     def node_inputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-atom inputs of the messages: (source side, centre side)."""
@@ -196,7 +196,7 @@ class GraphAttention(torch.nn.Module):
         """Attention output of the centres ``dst_side`` indexes (a subset of atoms when whole
         centres are evaluated a chunk at a time); ``src_rows``: source side of each edge."""
         n = dst_side.shape[0]
-        message = src_rows + dst_side[edge_dst]
+        message = src_rows + gather_rows(dst_side, edge_dst)
         if len(frames) > 0:
             alpha, value = self._frame_messages(message, edge_basis, frames)
             return self._attend(alpha, value, edge_dst, edge_weight, n)
@@ -284,7 +284,7 @@ class DotProductAttention(torch.nn.Module):
                 edge_basis: torch.Tensor, edge_weight: torch.Tensor, frames: List[torch.Tensor]) -> torch.Tensor:
         """``frames`` as in GraphAttention.forward."""
         src_side, dst_side = self.node_inputs(x)
-        return self.edges(src_side[edge_src], dst_side, edge_dst, edge_sh, edge_basis, edge_weight, frames)
+        return self.edges(gather_rows(src_side, edge_src), dst_side, edge_dst, edge_sh, edge_basis, edge_weight, frames)
 
     def node_inputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(source side, centre side: merged message part and query side by side)."""
@@ -296,7 +296,7 @@ class DotProductAttention(torch.nn.Module):
         n = dst_side.shape[0]
         merged, query = dst_side.split([src_rows.shape[1], dst_side.shape[1] - src_rows.shape[1]], dim=1)
         q = vec_to_heads(query, self.q_layout, self.num_heads) * self.scale.to(query.dtype)
-        message = src_rows + merged[edge_dst]
+        message = src_rows + gather_rows(merged, edge_dst)
         if len(frames) > 0:
             kv = self.key_value.forward_frame(to_frame(message, self.irreps_node, frames),
                                               self.key_value.dtp_rad(edge_basis))
@@ -305,7 +305,7 @@ class DotProductAttention(torch.nn.Module):
             kv = self.key_value.lin(self.key_value.dtp(message, edge_sh, self.key_value.dtp_rad(edge_basis)))
         kv = vec_to_heads(kv, self.kv_layout, 2 * self.num_heads)
         key, value = kv[:, : self.num_heads], kv[:, self.num_heads:]
-        logits = (q[edge_dst] * key).sum(-1)
+        logits = (gather_rows(q, edge_dst) * key).sum(-1)
         attn = weighted_softmax(logits, edge_weight, edge_dst, n, self.envelope)
         out = heads_to_vec(segment_sum(value * attn.unsqueeze(-1), edge_dst, n), self.q_layout, self.num_heads)
         if self.rescale_degree:

@@ -15,6 +15,7 @@ from .feedforward import FeedForward
 from .irreps import Block
 from .linear import IrrepsLinear
 from .norm import layer_norm
+from .segment import gather_rows
 
 
 class TransformerBlock(torch.nn.Module):
@@ -42,7 +43,7 @@ class TransformerBlock(torch.nn.Module):
     def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor,
                 features: EdgeFeatures) -> torch.Tensor:
         src_side, dst_side = self.attention_inputs(x)
-        return self.feed_forward(x + self.attention_edges(src_side[edge_src], dst_side, edge_dst, features))
+        return self.feed_forward(x + self.attention_edges(gather_rows(src_side, edge_src), dst_side, edge_dst, features))
 
     @torch.jit.export
     def attention_inputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

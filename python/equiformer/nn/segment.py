@@ -3,9 +3,26 @@
 import torch
 
 
+def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``index`` [E] broadcast over the trailing dimensions of ``like`` (a view, stride 0)."""
+    shape = [index.shape[0]] + [1] * (like.dim() - 1)
+    return index.view(shape).expand([index.shape[0]] + list(like.shape[1:]))
+
+
 def segment_sum(x: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
-    out = x.new_zeros((num_segments,) + x.shape[1:])
-    return out.index_add(0, index, x)
+    """Rows of ``x`` summed by ``index``. A scatter_add over the broadcast index: ATen sums
+    that per output row without atomics (sorting the index once), and Inductor hands it to
+    ATen, where index_add/index_put would become atomic adds in compiled code (about 20x
+    slower for 15,000 edges of 480 channels)."""
+    out = x.new_zeros([num_segments] + list(x.shape[1:]))
+    return out.scatter_add(0, _rows(index, x), x)
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` written as a gather over the broadcast index, for its gradient: that is a
+    scatter_add (see segment_sum), where the gradient of ``x[index]`` is an accumulating
+    index_put (serial in ATen, atomic adds in compiled code)."""
+    return torch.gather(x, 0, _rows(index, x))
 
 
 def weighted_softmax(logits: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, num_segments: int,
@@ -24,14 +41,13 @@ def weighted_softmax(logits: torch.Tensor, weights: torch.Tensor, index: torch.T
     heads = logits.shape[1]
     valid = (weights > 0).unsqueeze(1)
     masked = torch.where(valid, logits, torch.full_like(logits, float("-inf")))
-    idx = index.unsqueeze(1).expand(-1, heads)
     amax = logits.new_full((num_segments, heads), float("-inf"))
-    amax = amax.scatter_reduce(0, idx, masked, reduce="amax", include_self=True)
+    amax = amax.scatter_reduce(0, _rows(index, masked), masked, reduce="amax", include_self=True)
     amax = torch.where(torch.isinf(amax), torch.zeros_like(amax), amax).detach()
-    e = torch.exp(torch.where(valid, logits - amax[index], torch.full_like(logits, float("-inf"))))
+    e = torch.exp(torch.where(valid, logits - gather_rows(amax, index), torch.full_like(logits, float("-inf"))))
     e = e * weights.unsqueeze(1)
     denom = segment_sum(e, index, num_segments)
-    alpha = e / (denom[index] + 1e-16)
+    alpha = e / (gather_rows(denom, index) + 1e-16)
     if envelope:
         alpha = alpha * weights.unsqueeze(1)
     return alpha

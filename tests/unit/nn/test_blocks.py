@@ -19,7 +19,7 @@ from equiformer.nn.edge_frame import EdgeFrame
 from equiformer.nn.irreps import blocks, gate_split, simplify, to_irreps
 from equiformer.nn.linear import IrrepsLinear
 from equiformer.nn.norm import EquivariantLayerNorm
-from equiformer.nn.segment import weighted_softmax
+from equiformer.nn.segment import gather_rows, segment_sum, weighted_softmax
 from equiformer.nn.tensor_product import DepthwiseTensorProduct
 from equiformer.nn.w3j import _FLIPPED_SINCE_0_5, wigner_3j
 
@@ -317,7 +317,43 @@ def test_wigner_3j_flipped_symbols_are_still_invariant():
         _close(torch.einsum("ijk,ai,bj,ck->abc", c, D1, D2, D3), c, 1e-10)
 
 
-# ----------------------------------------------------------------------------- segment softmax
+# ----------------------------------------------------------------------------- segment sums and softmax
+
+
+@pytest.mark.parametrize("shape", [(), (4,), (3, 5)])
+@pytest.mark.parametrize("edges", [0, 1, 9])
+def test_segment_sum_and_gather_rows_match_indexing(shape, edges):
+    torch.manual_seed(edges)
+    index = torch.randint(0, 4, (edges,))
+    x = torch.randn((edges,) + shape, dtype=DT, requires_grad=True)
+    nodes = torch.randn((4,) + shape, dtype=DT, requires_grad=True)
+    grad_out = torch.randn((4,) + shape, dtype=DT)
+    grad_rows = torch.randn((edges,) + shape, dtype=DT)
+    got = (segment_sum(x, index, 4), gather_rows(nodes, index))
+    want = (torch.zeros((4,) + shape, dtype=DT).index_add(0, index, x), nodes[index])
+    for g, w, leaf, go in zip(got, want, (x, nodes), (grad_out, grad_rows)):
+        torch.testing.assert_close(g, w, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(torch.autograd.grad(g, leaf, go)[0], torch.autograd.grad(w, leaf, go)[0],
+                                   rtol=1e-14, atol=1e-14)
+
+
+def test_segment_sum_and_gather_rows_trace_without_accumulating_index_put():
+    """Their gradients must be scatter_adds over a broadcast index (which compiled code hands
+    to ATen): an accumulating index_put or index_add becomes atomic adds in AOTInductor code."""
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def energy_gradient(x, nodes, index):
+        with torch.enable_grad():
+            x, nodes = x.requires_grad_(True), nodes.requires_grad_(True)
+            y = segment_sum(x * gather_rows(nodes, index), index, nodes.shape[0])
+            return torch.autograd.grad(y.pow(2).sum(), [x, nodes])
+
+    graph = make_fx(energy_gradient, decomposition_table=core_aten_decompositions())(
+        torch.randn(6, 3, dtype=DT), torch.randn(4, 3, dtype=DT), torch.tensor([0, 1, 1, 2, 3, 3]))
+    targets = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    assert not {t for t in targets if "index_put" in t or "index_add" in t}, targets
+    assert "aten.scatter_add.default" in targets and "aten.gather.default" in targets
 
 
 def test_weighted_softmax_sums_to_one_and_matches_softmax():
