@@ -183,7 +183,7 @@ def compile_package(model: Equiformer, path: str, dtype: torch.dtype, device: st
         configs = dict(INDUCTOR_CONFIGS, **{"aot_inductor.metadata": files, "aot_inductor.package": True})
         compiled = {"model": torch._inductor.aot_compile(program.module(check_guards=False), args, options=configs)}
         if layered:
-            for entry in layer_entries(module.model, *example_inputs(module.model, EXAMPLE_ATOMS, dtype, device)[:3]):
+            for entry in layer_entries(module.model, *args[:3]):
                 compiled[entry.name] = compile_entry(entry, INDUCTOR_CONFIGS)
         package_aoti(tmp, compiled)
         if layered:
