@@ -38,6 +38,7 @@ class Gate(torch.nn.Module):
     """[scalars | gates | gated] -> [SiLU(scalars) | gated * sigmoid(gates)]."""
 
     gated_muls: List[int]  # channels of each gated irrep type (may be empty)
+    gated_dims: List[int]  # 2l+1 of each gated irrep type
 
     def __init__(self, scalars: Sequence[Block], gates: Sequence[Block], gated: Sequence[Block]):
         super().__init__()
@@ -45,23 +46,23 @@ class Gate(torch.nn.Module):
         self.sigmoid_norm = SIGMOID_NORM
         self.num_scalars = dim(scalars)
         self.num_gates = dim(gates)
-        index: List[int] = []
-        g = 0
-        for mul, l, _ in gated:
-            for _ in range(mul):
-                index.extend([g] * (2 * l + 1))
-                g += 1
-        self.register_buffer("gate_index", torch.tensor(index, dtype=torch.long), persistent=False)
         self.irreps_out = list(scalars) + list(gated)
         self.gated_muls = [mul for mul, _, _ in simplify(gated)]
+        self.gated_dims = [2 * l + 1 for _, l, _ in simplify(gated)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_gates == 0:
             return torch.nn.functional.silu(x) * self.silu_norm
         scalars, gates, gated = x.split([self.num_scalars, self.num_gates, x.shape[1] - self.num_scalars - self.num_gates], 1)
-        gates = torch.sigmoid(gates) * self.sigmoid_norm
-        gated = gated * gates.index_select(1, self.gate_index)
-        return torch.cat([torch.nn.functional.silu(scalars) * self.silu_norm, gated], dim=1)
+        n = x.shape[0]
+        # each gate scales the 2l+1 components of its channel: a broadcast per gated type (an
+        # index_select over channels has an atomic-add gradient in compiled code)
+        gates = (torch.sigmoid(gates) * self.sigmoid_norm).split(self.gated_muls, dim=1)
+        blocks = gated.split([m * d for m, d in zip(self.gated_muls, self.gated_dims)], dim=1)
+        out = [torch.nn.functional.silu(scalars) * self.silu_norm]
+        for block, g, mul, d in zip(blocks, gates, self.gated_muls, self.gated_dims):
+            out.append((block.reshape(n, mul, d) * g.unsqueeze(2)).reshape(n, mul * d))
+        return torch.cat(out, dim=1)
 
     def forward_frame(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         """The same map on per-type order-major tensors: ``xs[0]`` is the 0e type [E, 1, scalars
