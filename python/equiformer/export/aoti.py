@@ -54,10 +54,9 @@ PROBE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 # indirect-index bounds checks off (torch 2.9 generates uncompilable vectorised checks for
 # embeddings with one row; indices are checked by the callers, docs/model-format.md)
 INDUCTOR_CONFIGS = {"cpp.dynamic_threads": True, "assert_indirect_indexing": False}
-# atoms of the example graph the package is exported with (about 4,000 edges). Sizes stay
-# symbolic, but Inductor sizes its loops by the example: with a tiny graph it parallelised some
-# per-edge reductions over their few channels (one parallel region per edge), and MD graphs
-# and chunks have thousands of edges
+# atoms of the example graph the package is exported with (about 4,000 edges, the order of a
+# chunk or a small MD graph). Sizes stay symbolic; Inductor reads the example's sizes as hints
+# when it splits loops over threads
 EXAMPLE_ATOMS = 64
 
 

@@ -16,6 +16,7 @@ from equiformer.nn.attention import GraphAttention
 from equiformer.nn.block import TransformerBlock
 from equiformer.nn.features import EdgeFeatures
 from equiformer.nn.edge_frame import EdgeFrame
+from equiformer.nn.embedding import EdgeDegreeEmbedding
 from equiformer.nn.irreps import blocks, gate_split, simplify, to_irreps
 from equiformer.nn.linear import IrrepsLinear
 from equiformer.nn.norm import EquivariantLayerNorm
@@ -166,6 +167,63 @@ def test_gate_odd_scalars_are_gated_not_activated():
     x = _rand(4, irreps_in)
     for R in _matrices(True):
         _close(gate(x @ _D(irreps_in, R).T), gate(x) @ _D(gate.irreps_out, R).T)
+
+
+@pytest.mark.parametrize("irreps", ["16x0e+8x1e+4x2e", "3x0e+2x0o+1x1o", "2x0e+2x1e+1x0o+3x1e"])
+def test_gate_matches_per_channel_gates_and_traces_without_index_ops(irreps):
+    """gated channel c (all its 2l+1 components) times sigmoid(gate c), gate c scaled as
+    e3nn's normalize2mom; in value, gradient, and with no index op in the traced gradient
+    (an index_select's gradient is an atomic index_add in compiled code)."""
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    scalars, gates, gated = gate_split(blocks(irreps))
+    gate = Gate(scalars, gates, gated)
+    n_s = sum(m for m, _, _ in scalars)
+    n_g = sum(m for m, _, _ in gates)
+    # gate of each gated component: channel g owns 2l+1 consecutive components
+    index = [g for g, d in enumerate(2 * l + 1 for m, l, _ in gated for _ in range(m)) for _ in range(d)]
+    torch.manual_seed(0)
+    x = _rand(6, simplify(scalars + gates + gated)).requires_grad_(True)
+    s_, g_, v_ = x.split([n_s, n_g, x.shape[1] - n_s - n_g], dim=1)
+    want = torch.cat([torch.nn.functional.silu(s_) * 1.6791767923989418,
+                      v_ * (torch.sigmoid(g_) * 1.8467055342154763)[:, index]], dim=1)
+    got = gate(x)
+    _close(got, want, 1e-14)
+    grad_out = torch.randn_like(want)
+    _close(torch.autograd.grad(got, x, grad_out)[0], torch.autograd.grad(want, x, grad_out)[0], 1e-14)
+
+    def value_and_gradient(x):
+        with torch.enable_grad():
+            x = x.requires_grad_(True)
+            return torch.autograd.grad(gate(x).pow(2).sum(), x)
+
+    graph = make_fx(value_and_gradient, decomposition_table=core_aten_decompositions())(x.detach())
+    targets = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    assert not {t for t in targets if "index" in t}, targets
+
+
+def test_edge_degree_embedding_matches_the_generic_product():
+    """The embedding's plan (only the paths from the constant 0e input, order-major per edge)
+    equals its definition with the generic depthwise product, in value and gradient."""
+    node, sh_irreps = blocks("8x0e+4x1e+2x2e"), blocks("1x0e+1x1e+1x2e")
+    torch.manual_seed(0)
+    emb = EdgeDegreeEmbedding(node, sh_irreps, [6, 8], avg_degree=3.0).to(DT)
+    for p in emb.parameters():  # non-zero biases so that every term is checked
+        torch.nn.init.normal_(p)
+    pos, src, dst = _edges(5)
+    pos.requires_grad_(True)
+    sh = o3.SphericalHarmonics(_irreps(sh_irreps), normalize=True, normalization="component")
+    vec = pos[src] - pos[dst]
+    basis = torch.sin(vec.norm(dim=1, keepdim=True) * torch.arange(1, 7, dtype=DT))
+    weight = torch.sigmoid(vec.norm(dim=1))
+    got = emb(5, dst, sh(vec), basis, weight)
+    x = emb.exp(torch.ones(len(src), 1, dtype=DT))
+    edge = emb.proj(emb.dw(x, sh(vec), emb.rad(basis))) * weight.unsqueeze(1)
+    want = torch.zeros(5, edge.shape[1], dtype=DT).index_add(0, dst, edge) / 3.0 ** 0.5
+    _close(got, want, 1e-13)
+    grad_out = torch.randn_like(want)
+    _close(torch.autograd.grad(got, pos, grad_out, retain_graph=True)[0], torch.autograd.grad(want, pos, grad_out)[0], 1e-12)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
