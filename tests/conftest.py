@@ -26,9 +26,11 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
 
 
 def _compiled_pair_key() -> str:
-    """What the tiny package depends on: our Python sources, torch, the C++ compiler and the CPU.
-    A change to any of them compiles it again."""
+    """What the tiny packages depend on: our Python sources, how they are built here
+    (`_compile_pair`), torch, the C++ compiler and the CPU. A change to any of them compiles
+    them again."""
     import hashlib
+    import inspect
     import subprocess
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python", "equiformer")
@@ -39,6 +41,7 @@ def _compiled_pair_key() -> str:
             digest.update(os.path.relpath(path, root).encode())
             with open(path, "rb") as f:
                 digest.update(f.read())
+    digest.update(inspect.getsource(_compile_pair).encode())
     compiler = subprocess.run(["c++", "--version"], capture_output=True, text=True).stdout
     digest.update(f"{torch.__version__}|{compiler}|{torch.backends.cpu.get_cpu_capability()}".encode())
     return digest.hexdigest()[:16]
@@ -47,9 +50,11 @@ def _compiled_pair_key() -> str:
 @pytest.fixture(scope="session")
 def compiled_pair(tmp_path_factory):
     """One small real Equiformer (tiny preset, Cu, cutoff 4 A, float64, seed 0) exported twice:
-    {"pt": TorchScript file, "pt2": compiled AOTInductor package, with its layer entries}.
-    Compiling takes about 6 minutes on 2 cores, so the whole suite shares this one package, and
-    it is kept in build/test-cache keyed
+    {"pt": TorchScript file, "pt2": compiled AOTInductor package, with its layer entries}, and
+    the same with one block and an attention-head readout (it reads the edges): "head_pt",
+    "head_pt2".
+    Compiling takes about 6 minutes per package on 2 cores, so the whole suite shares these, and
+    they are kept in build/test-cache keyed
     on everything it depends on (_compiled_pair_key); EQUIFORMER_TEST_RECOMPILE=1 ignores the
     kept copy (once per run: pytest-xdist workers share the run's compilation). Each session
     works on its own copies."""
@@ -60,7 +65,8 @@ def compiled_pair(tmp_path_factory):
     cache_root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "test-cache")
     kept = os.path.join(cache_root, "compiled-pair-" + _compiled_pair_key())
     d = tmp_path_factory.mktemp("compiled")
-    out = {"pt": str(d / "tiny.pt"), "pt2": str(d / "tiny.pt2")}
+    out = {"pt": str(d / "tiny.pt"), "pt2": str(d / "tiny.pt2"), "head_pt": str(d / "tiny-head.pt"),
+           "head_pt2": str(d / "tiny-head.pt2")}
     os.makedirs(os.path.dirname(cache_root), exist_ok=True)
     # one session at a time (pytest-xdist workers, or two suites run at once): the first one
     # compiles, the others wait and copy
@@ -91,10 +97,12 @@ def _compile_pair(out, cache_root: str, kept: str) -> None:
     from equiformer.export.torchscript import export_model
     from equiformer.model import build_model
 
-    torch.manual_seed(0)
-    model = build_model({"preset": "tiny", "species": ["Cu"], "cutoff": 4.0}, dtype=torch.float64)
-    export_model(model, out["pt"], "float64")
-    export_model(model, out["pt2"], "float64")
+    # the head model has one block, so fewer entries to compile (the first model has two block kinds)
+    for prefix, extra in (("", {}), ("head_", {"attention_head": True, "num_layers": 1})):
+        torch.manual_seed(0)
+        model = build_model({"preset": "tiny", "species": ["Cu"], "cutoff": 4.0, **extra}, dtype=torch.float64)
+        export_model(model, out[prefix + "pt"], "float64")
+        export_model(model, out[prefix + "pt2"], "float64")
     # keep only this key's copy; written to a temporary folder and renamed, so a half-written
     # copy is never read
     shutil.rmtree(cache_root, ignore_errors=True)

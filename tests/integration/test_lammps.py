@@ -724,6 +724,22 @@ def test_compiled_package_chunked_route(tmp_path, compiled_pair, nprocs, mode):
     _check_real_static(tmp_path, model, nprocs, mode, "on")
 
 
+@pytest.mark.parametrize("nprocs,mode", [(1, "map"), (2, "layer")])
+def test_compiled_attention_head(tmp_path, compiled_pair, nprocs, mode):
+    """An attention-head readout (it reads the edges: its entries take them, and mode layer
+    exchanges node features before it) through the package's layer entries, every graph by
+    chunks of about 50 edges: the TorchScript file's numbers through the calculator at step 0
+    (1e-8), virials included."""
+    model = always_chunked(compiled_pair["head_pt2"], str(tmp_path / "head-chunked.pt2"))
+    system = _cu_system()
+    write_data(str(tmp_path / "data.lmp"), system, ["Cu"])
+    proc = run_lammps(tmp_path, simple_input(model, ["Cu"], extra_pair=f"mode {mode}"), np_=nprocs)
+    assert "compiled .pt2 package" in proc.stdout and f"mode {mode}" in proc.stdout
+    ref = _calculator_reference(compiled_pair["head_pt"], system)
+    check_against_reference(tmp_path, parse_result(proc.stdout)[0], parse_dump(tmp_path / "out.dump")[0], ref,
+                            system, 1e-8)
+
+
 def test_compiled_package_without_layer_entries_refuses_layer_mode(tmp_path, compiled_pair):
     model = without_layer_entries(compiled_pair["pt2"], str(tmp_path / "one-graph.pt2"))
     write_data(str(tmp_path / "data.lmp"), _cu_system(), ["Cu"])
