@@ -71,6 +71,15 @@ def _close(a, b, tol=TOL):
     assert err <= tol * scale, f"max deviation {err:.3g} (scale {scale:.3g})"
 
 
+def _traced_ops(fn, *args):
+    """The ATen ops of ``fn`` traced as compiled export traces it (make_fx, core decompositions)."""
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    graph = make_fx(fn, decomposition_table=core_aten_decompositions())(*args)
+    return {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+
+
 def _edges(n, dtype=DT, seed=0):
     """A small random graph: all pairs within a box, both directions, random positions."""
     g = torch.Generator().manual_seed(seed)
@@ -174,9 +183,6 @@ def test_gate_matches_per_channel_gates_and_traces_without_index_ops(irreps):
     """gated channel c (all its 2l+1 components) times sigmoid(gate c), gate c scaled as
     e3nn's normalize2mom; in value, gradient, and with no index op in the traced gradient
     (an index_select's gradient is an atomic index_add in compiled code)."""
-    from torch._decomp import core_aten_decompositions
-    from torch.fx.experimental.proxy_tensor import make_fx
-
     scalars, gates, gated = gate_split(blocks(irreps))
     gate = Gate(scalars, gates, gated)
     n_s = sum(m for m, _, _ in scalars)
@@ -198,8 +204,7 @@ def test_gate_matches_per_channel_gates_and_traces_without_index_ops(irreps):
             x = x.requires_grad_(True)
             return torch.autograd.grad(gate(x).pow(2).sum(), x)
 
-    graph = make_fx(value_and_gradient, decomposition_table=core_aten_decompositions())(x.detach())
-    targets = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    targets = _traced_ops(value_and_gradient, x.detach())
     assert not {t for t in targets if "index" in t}, targets
 
 
@@ -398,8 +403,6 @@ def test_segment_sum_and_gather_rows_match_indexing(shape, edges):
 def test_segment_sum_and_gather_rows_trace_without_accumulating_index_put():
     """Their gradients must be scatter_adds over a broadcast index (which compiled code hands
     to ATen): an accumulating index_put or index_add becomes atomic adds in AOTInductor code."""
-    from torch._decomp import core_aten_decompositions
-    from torch.fx.experimental.proxy_tensor import make_fx
 
     def energy_gradient(x, nodes, index):
         with torch.enable_grad():
@@ -407,9 +410,8 @@ def test_segment_sum_and_gather_rows_trace_without_accumulating_index_put():
             y = segment_sum(x * gather_rows(nodes, index), index, nodes.shape[0])
             return torch.autograd.grad(y.pow(2).sum(), [x, nodes])
 
-    graph = make_fx(energy_gradient, decomposition_table=core_aten_decompositions())(
-        torch.randn(6, 3, dtype=DT), torch.randn(4, 3, dtype=DT), torch.tensor([0, 1, 1, 2, 3, 3]))
-    targets = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    targets = _traced_ops(energy_gradient, torch.randn(6, 3, dtype=DT), torch.randn(4, 3, dtype=DT),
+                          torch.tensor([0, 1, 1, 2, 3, 3]))
     assert not {t for t in targets if "index_put" in t or "index_add" in t}, targets
     assert "aten.scatter_add.default" in targets and "aten.gather.default" in targets
 
