@@ -73,16 +73,18 @@ MD_SETUP = ("neighbor 1.0 bin\nneigh_modify every 1 delay 0 check yes\n"
             "velocity all create 300 4928459 mom yes rot no\nfix nve all nve\ntimestep 0.001\n")
 
 
-def run_lammps(workdir: str, name: str, script: str, nprocs: int) -> list:
-    """Run the LAMMPS input ``script`` (written to ``workdir``/``name``) on ``nprocs`` ranks, one
-    thread each; returns the (seconds, steps) of every run's `Loop time` line."""
+def run_lammps(workdir: str, name: str, script: str, nprocs: int, threads: int = 1, env=None) -> list:
+    """Run the LAMMPS input ``script`` (written to ``workdir``/``name``) on ``nprocs`` ranks,
+    ``threads`` each, with ``env`` added to the environment; returns the (seconds, steps) of
+    every run's `Loop time` line."""
     inp = os.path.join(workdir, name)
     with open(inp, "w") as f:
         f.write(script)
     cmd = [LMP, "-in", inp, "-log", "none"]
     if nprocs > 1:
         cmd = [MPIRUN, "-np", str(nprocs)] + cmd
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(env or {}))
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"LAMMPS failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
     loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", proc.stdout)
@@ -113,15 +115,16 @@ def copper_workdir(prefix: str, args, model_name: str, export_to, what: str):
         atoms = structure(args.cells)
         write_data(os.path.join(work, "data.lmp"), atoms)
         print(f"system: fcc Cu a=3.61 A, {args.cells}^3 cells = {len(atoms)} atoms; {what}, cutoff {args.cutoff} A, "
-              f"{args.dtype}, untrained; OMP_NUM_THREADS=1 per rank; {os.cpu_count()} cores on this machine, "
+              f"{args.dtype}, untrained; OMP_NUM_THREADS={getattr(args, 'threads', 1)} per rank; "
+              f"{os.cpu_count()} cores on this machine, "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
         yield work, model, atoms
 
 
-def bare_call(model_path: str, atoms, cutoff: float, dtype: str, repeats: int) -> tuple:
+def bare_call(model_path: str, atoms, cutoff: float, dtype: str, repeats: int, threads: int = 1) -> tuple:
     from equiformer.data.neighbors import neighbor_list
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from equiformer.export.contract import load_engine_model
 
     module = load_engine_model(model_path)  # the C++ runtime's TorchScript settings
@@ -142,10 +145,11 @@ def bare_call(model_path: str, atoms, cutoff: float, dtype: str, repeats: int) -
     return statistics.median(times), int(index.shape[1])
 
 
-def lammps_step(workdir: str, model: str, nprocs: int, mode: str, warmup: int, steps: int) -> float:
+def lammps_step(workdir: str, model: str, nprocs: int, mode: str, warmup: int, steps: int, threads: int = 1,
+                env=None) -> float:
     script = (MD_HEADER + f"pair_style equiformer mode {mode}\npair_coeff * * {model} Cu\n" + MD_SETUP
-              + f"thermo {max(warmup, steps)}\nrun {warmup}\nrun {steps}\n")
-    seconds, nsteps = run_lammps(workdir, f"in.{nprocs}.{mode}", script, nprocs)[-1]
+              + f"thermo {max(warmup, steps, 1)}\nrun {warmup}\nrun {steps}\n")
+    seconds, nsteps = run_lammps(workdir, f"in.{nprocs}.{mode}", script, nprocs, threads, env)[-1]
     return seconds / nsteps
 
 

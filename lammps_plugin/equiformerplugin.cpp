@@ -15,15 +15,18 @@
 // layout is the one LAMMPS' plugin loader reads (version, style, name, info, author, creator,
 // handle).
 
+#include "blas_binding.h"
 #include "comm.h"
 #include "error.h"
 #include "lammps.h"
 #include "library.h"
 #include "pointers.h"
+#include "utils.h"
 
 #include <dlfcn.h>
 #include <link.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -133,6 +136,29 @@ std::string check(LAMMPS *lmp)
   return "";
 }
 
+// libtorch's BLAS calls bound to a library LAMMPS loaded first (blas_binding.cpp): bind them to
+// libtorch's own routines unless EQUIFORMER_REBIND_BLAS=0, and say so
+void bind_blas(LAMMPS *lmp)
+{
+  const char *env = std::getenv("EQUIFORMER_REBIND_BLAS");
+  const bool rebind = !(env && std::strcmp(env, "0") == 0);
+  const equiformer_lammps::BlasBinding blas = equiformer_lammps::bind_torch_blas(rebind);
+  if (blas.slots == 0 || lmp->comm->me != 0) return;
+  if (blas.rebound == blas.slots) {
+    utils::logmesg(lmp,
+                   "pair equiformer: {} BLAS/LAPACK calls of libtorch were bound to {} (loaded first); "
+                   "rebound to libtorch's own routines (EQUIFORMER_REBIND_BLAS=0 keeps them)\n",
+                   blas.slots, blas.interposer);
+    return;
+  }
+  const std::string preload = "start LAMMPS with LD_PRELOAD=" + blas.torch;
+  const std::string why = !rebind ? "EQUIFORMER_REBIND_BLAS=0 is set); unset it, or " + preload
+      : (blas.failure.empty() ? "rebinding them did not hold" : blas.failure) + "); " + preload;
+  lmp->error->warning(FLERR, "pair equiformer: libtorch's float64 matrix products run the BLAS of " +
+                      blas.interposer + " (loaded first), not libtorch's own, so float64 models run several "
+                      "times slower (" + why);
+}
+
 void *create(void *lmp)
 {
   return new_pair(lmp);
@@ -153,6 +179,7 @@ extern "C" __attribute__((visibility("default"))) void lammpsplugin_init(void *p
   self_path = dladdr((void *) &lammpsplugin_init, &self) && self.dli_fname ? self.dli_fname : "equiformerplugin.so";
   problem = check(lmp);
   if (!problem.empty() && lmp->comm->me == 0) lmp->error->warning(FLERR, "pair equiformer: " + problem);
+  if (problem.empty()) bind_blas(lmp);
   // LAMMPS prints the info when it loads the plugin: name the file, so a log tells which copy
   // ran. LAMMPS keeps the pointer in its plugin list: the copy lives as long as the process.
   const std::string info = "Equiformer potential (pair_style equiformer) from " + self_path +

