@@ -2,14 +2,15 @@
 ratio that machine drift (other jobs, clock changes) affects equally on both sides.
 
     .venv/bin/python benchmarks/compare_exports.py BEFORE.pt AFTER.pt [--system cluster|bulk]
-        [--atoms 500] [--rounds 10] [--threads 2]
+        [--atoms 500] [--rounds 10] [--threads 2] [--route default|one-pass|chunked]
 
 Typical uses: the same model exported by two versions of the package (check out the older one
 elsewhere and export with `PYTHONPATH=/that/checkout/python`), to show that a change keeps the
 speed; the TorchScript file against the compiled .pt2 package of the same model (either
 format works for either argument). Prints each round, then the median wall and CPU time per call of each file and their
 ratio, and the largest force difference between the two (the same weights give the same
-forces to rounding). Structures as in model_eval.py: a rattled fcc copper cluster (open) or
+forces to rounding). With --route both files take the same route whatever their thresholds (one pass
+over the graph, or the chunked memory schedule). Structures as in model_eval.py: a rattled fcc copper cluster (open) or
 periodic crystal with about --atoms atoms, cutoff from the first model's metadata.
 """
 
@@ -33,6 +34,16 @@ def structure(system: str, atoms: int):
     return crystal
 
 
+def force_route(model, route: str) -> None:
+    """Send every graph through one pass or the chunked schedule (`chunked_edges`: the
+    TorchScript file chunks graphs above it unless it is -1; a package, when it has layer
+    entries, chunks graphs above it, -1 included)."""
+    if route == "chunked":
+        model.chunked_edges = 0
+    elif route == "one-pass":
+        model.chunked_edges = -1 if isinstance(model, torch.jit.ScriptModule) else 2 ** 62
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("before")
@@ -41,6 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--atoms", type=int, default=500)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--route", default="default", choices=["default", "one-pass", "chunked"])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -56,6 +68,8 @@ def main(argv=None) -> int:
     n = len(atoms)
     species = torch.full((n,), info.species_symbols.index("Cu"), dtype=torch.long)
     models = {"before": load_engine_model(args.before), "after": load_engine_model(args.after)}
+    for model in models.values():
+        force_route(model, args.route)
 
     forces = {}
     for name, model in models.items():
