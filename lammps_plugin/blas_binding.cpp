@@ -5,8 +5,8 @@
 // libtorch_cpu.so defines the same names (MKL, linked in) but calls them through its PLT, so
 // the dynamic linker binds each call to the first definition in the process's global scope, and
 // the LAMMPS library is loaded before any plugin. Every float64 matrix product of a model then
-// runs the reference dgemm_: a float64 L2 model on 500 atoms took 39 s per step instead of
-// 4.6 s (docs/benchmarks.md). float32 is not affected: that BLAS has no sgemm_.
+// runs the reference dgemm_: a float64 L2 model on 500 atoms took 42 s per step instead of
+// 5.1 s (docs/benchmarks.md). float32 is not affected: that BLAS has no sgemm_.
 //
 // Opening libtorch with RTLD_DEEPBIND binds its BLAS to MKL, but also its OpenMP calls to
 // torch's own libgomp, while the compiled kernels of a .pt2 package keep the libgomp LAMMPS
